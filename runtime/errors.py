@@ -1,0 +1,52 @@
+"""Errors a user can act on, and the exit codes the ``flexunet`` command documents.
+
+Every error raised for bad input is a :class:`FlexunetError` (or subclass) whose message is one
+line naming the file and the cause.  The command line prints ``error: <message>`` and exits with
+the error's ``exit_code``; it never shows a traceback for these.
+"""
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILED = 1        # the job ran but its verdict is negative (parity failed, export verification failed)
+EXIT_USAGE = 2         # bad config value, bad option, missing or mismatched model, missing dependency
+EXIT_SKIPPED = 3       # the run finished but some inputs were unreadable and were skipped
+EXIT_INTERRUPTED = 130  # Ctrl-C
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 success; 1 verdict failed (parity, export verification); "
+    "2 bad input (config, option, model, missing dependency); "
+    "3 finished but some inputs were skipped; 130 interrupted."
+)
+
+
+class FlexunetError(Exception):
+    """An error caused by the user's input or environment, reported in one line."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, message: str, exit_code: int | None = None):
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class ConfigError(FlexunetError):
+    """A config value that the project uses has a wrong type or range."""
+
+
+class ImageReadError(FlexunetError):
+    """An image file is missing, unreadable or corrupt."""
+
+
+class ModelError(FlexunetError):
+    """A model file is missing, corrupt, or does not match what is asked of it."""
+
+
+class VerificationError(FlexunetError):
+    """An exported artifact does not reproduce the reference model."""
+
+    exit_code = EXIT_FAILED
+
+
+class MissingDependencyError(FlexunetError):
+    """An optional dependency (TensorFlow, TensorRT, a GPU) is not available here."""

@@ -1,0 +1,49 @@
+"""Mask agreement metrics (numpy): the one dice/IoU implementation used by evaluation, export
+verification, parity and benchmarks.
+
+Conventions, stated once: masks are compared as booleans; when both masks are empty the dice and the
+IoU are 1.0 (the two agree perfectly); when exactly one is empty they are 0.0.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _counts(a: np.ndarray, b: np.ndarray) -> tuple[int, int, int]:
+    a = np.asarray(a).astype(bool, copy=False)
+    b = np.asarray(b).astype(bool, copy=False)
+    if a.shape != b.shape:
+        raise ValueError(f"mask shapes differ: {a.shape} vs {b.shape}")
+    inter = int(np.count_nonzero(a & b))
+    return inter, int(np.count_nonzero(a)), int(np.count_nonzero(b))
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice coefficient 2|A∩B| / (|A|+|B|) of two binary masks; 1.0 if both are empty."""
+    inter, na, nb = _counts(a, b)
+    if na + nb == 0:
+        return 1.0
+    return 2.0 * inter / (na + nb)
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two binary masks; 1.0 if both are empty."""
+    inter, na, nb = _counts(a, b)
+    union = na + nb - inter
+    if union == 0:
+        return 1.0
+    return inter / union
+
+
+def per_class_dice(a: np.ndarray, b: np.ndarray, num_classes: int) -> list[float]:
+    """Dice of each class index in two label maps (HxW ints); a class absent from both scores 1.0."""
+    return [dice(a == c, b == c) for c in range(num_classes)]
+
+
+def flipped_fraction(a: np.ndarray, b: np.ndarray) -> float:
+    """Fraction of pixels whose label differs between two label maps or masks."""
+    a = np.asarray(a)
+    b = np.asarray(b)
+    if a.shape != b.shape:
+        raise ValueError(f"mask shapes differ: {a.shape} vs {b.shape}")
+    return float(np.count_nonzero(a != b)) / float(a.size) if a.size else 0.0

@@ -1,0 +1,402 @@
+"""Tiling geometry shared by training, tiled inference, benchmarks and parity (numpy only).
+
+The conventions, stated once:
+
+* Images are ``HxW`` or ``HxWxC`` arrays indexed ``[y, x]``; tiles are described by their top-left
+  corner ``(y, x)`` and a fixed size ``(tile_h, tile_w)``.
+* Tiles are never resized.  Along each axis the start offsets step by ``tile - overlap`` and the
+  last tile is shifted inward so that it ends exactly at the image border (it then overlaps its
+  neighbour by more than ``overlap``).
+* An image smaller than a tile is padded at the bottom/right (:func:`padded_size`,
+  :func:`pad_image`, or both at once with :func:`plan`) and the prediction is cropped back with
+  :meth:`Stitcher.result`.
+* Overlapping predictions are blended with a strictly positive window (:func:`blend_window`): each
+  output pixel is ``sum(w_i * p_i) / sum(w_i)`` over the tiles covering it.  Hence constant
+  predictions stitch to the same constant, and a translation-equivariant model gives the same
+  tiled and whole-image output, whatever the window.
+
+Modelled on MONAI's ``sliding_window_inference`` helpers: geometry lives in small pure functions,
+and blending windows are computed once per (tile shape, mode) and cached.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import operator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+BLEND_MODES = ("none", "cosine", "gaussian")
+PAD_MODES = ("reflect", "constant")
+MIN_WEIGHT = 1e-3  # smallest blending weight, relative to the window maximum of 1
+
+
+def _int(value: int, name: str, minimum: int) -> int:
+    """``value`` as a Python int (numpy integers accepted), checked to be ``>= minimum``."""
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of the tiles along one axis.
+
+    Tiles of size ``tile`` placed at the returned offsets cover ``[0, length)`` and every pair of
+    neighbours shares at least ``overlap`` pixels.  Offsets step by ``stride = tile - overlap``;
+    the last tile is shifted inward so that it ends exactly at ``length``.  The offsets are unique
+    and increasing, the first is 0.
+
+    Args:
+        length: size of the (already padded) axis, ``>= tile``.
+        tile: tile size along the axis, ``>= 1``.
+        overlap: minimum number of pixels shared by neighbouring tiles, ``0 <= overlap < tile``.
+
+    Returns:
+        The start offsets, e.g. ``tile_starts(10, 4, 1) == [0, 3, 6]``.
+
+    Raises:
+        ValueError: if ``length < tile`` (pad the image first) or ``overlap`` is outside
+            ``[0, tile)``.
+    """
+    tile = _int(tile, "tile", 1)
+    length = _int(length, "length", 1)
+    overlap = _int(overlap, "overlap", 0)
+    if overlap >= tile:
+        raise ValueError(f"overlap must be smaller than the tile ({tile}), got {overlap}")
+    if length < tile:
+        raise ValueError(f"length {length} is smaller than the tile {tile}; pad the image first")
+    last = length - tile
+    return [*range(0, last, tile - overlap), last]
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """The tiles covering an image, as start offsets along each axis (build with :func:`make_grid`).
+
+    Attributes:
+        height, width: size of the (possibly padded) image the tiles index.
+        tile_h, tile_w: size of every tile.
+        overlap: minimum overlap between neighbouring tiles, in pixels, along both axes.
+        ys, xs: tile start offsets along y and x (see :func:`tile_starts`).
+
+    Tiles are numbered row-major: tile ``i`` starts at ``(ys[i // len(xs)], xs[i % len(xs)])``.
+    """
+
+    height: int
+    width: int
+    tile_h: int
+    tile_w: int
+    overlap: int
+    ys: tuple[int, ...]
+    xs: tuple[int, ...]
+
+    def __len__(self) -> int:
+        """Number of tiles."""
+        return len(self.ys) * len(self.xs)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        """Top-left corners ``(y, x)`` of the tiles, row-major."""
+        return ((y, x) for y in self.ys for x in self.xs)
+
+    def _corner(self, i: int) -> tuple[int, int]:
+        """Top-left corner ``(y, x)`` of the ``i``-th tile (negative ``i`` counts from the end)."""
+        n = len(self)
+        i = operator.index(i)
+        if not -n <= i < n:
+            raise IndexError(f"tile index {i} out of range for a grid of {n} tiles")
+        row, col = divmod(i % n, len(self.xs))
+        return self.ys[row], self.xs[col]
+
+    def slices(self, i: int) -> tuple[slice, slice]:
+        """``(rows, cols)`` slices selecting the ``i``-th tile from the image: ``image[grid.slices(i)]``."""
+        y, x = self._corner(i)
+        return slice(y, y + self.tile_h), slice(x, x + self.tile_w)
+
+
+def make_grid(height: int, width: int, tile_h: int, tile_w: int, overlap: int) -> TileGrid:
+    """Grid of ``tile_h x tile_w`` tiles over a ``height x width`` image.
+
+    The image must be at least the tile size; call :func:`padded_size` and :func:`pad_image` (or
+    :func:`plan`) first for smaller ones.  ``overlap`` applies to both axes and must be smaller
+    than both tile sides.
+
+    Raises:
+        ValueError: for an image smaller than the tile or an invalid overlap.
+    """
+    ys = tile_starts(height, tile_h, overlap)
+    xs = tile_starts(width, tile_w, overlap)
+    return TileGrid(
+        height=int(height), width=int(width), tile_h=int(tile_h), tile_w=int(tile_w),
+        overlap=int(overlap), ys=tuple(ys), xs=tuple(xs),
+    )
+
+
+def padded_size(height: int, width: int, tile_h: int, tile_w: int, multiple: int = 1) -> tuple[int, int]:
+    """Smallest ``(H, W)`` that is ``>= (height, width)``, ``>= (tile_h, tile_w)`` and whose sides
+    are multiples of ``multiple``.
+
+    ``multiple`` serves whole-image passes through a UNet, which needs sizes divisible by
+    ``2 ** (levels - 1)``; leave it at 1 for tiled inference, where only the tile size matters.
+    """
+    height = _int(height, "height", 1)
+    width = _int(width, "width", 1)
+    tile_h = _int(tile_h, "tile_h", 1)
+    tile_w = _int(tile_w, "tile_w", 1)
+    multiple = _int(multiple, "multiple", 1)
+
+    def round_up(n: int) -> int:
+        return -(-n // multiple) * multiple
+
+    return round_up(max(height, tile_h)), round_up(max(width, tile_w))
+
+
+def pad_image(image: np.ndarray, height: int, width: int, mode: str = "reflect") -> np.ndarray:
+    """Pad an ``HxW`` or ``HxWxC`` array at the bottom and right to ``(height, width)``.
+
+    Args:
+        image: the array to pad; its dtype is kept.
+        height, width: target size, each ``>=`` the image's.
+        mode: ``"reflect"`` mirrors the image without repeating the border pixel (numpy's
+            ``"reflect"``; numpy repeats the reflection when the pad is longer than the image and
+            replicates the edge of a 1-pixel axis, so even a 1x1 image pads without error), or
+            ``"constant"`` pads with zeros.
+
+    Returns:
+        The padded array, or ``image`` itself when it already has the target size.
+
+    Raises:
+        ValueError: for an unknown mode, an array that is not 2-D/3-D or is empty, or a target
+            smaller than the image.
+    """
+    if mode not in PAD_MODES:
+        raise ValueError(f"pad mode must be one of {PAD_MODES}, got {mode!r}")
+    if image.ndim not in (2, 3):
+        raise ValueError(f"expected an HxW or HxWxC array, got shape {image.shape}")
+    h, w = image.shape[:2]
+    if h == 0 or w == 0:
+        raise ValueError(f"cannot pad an empty image of shape {image.shape}")
+    height = _int(height, "height", 1)
+    width = _int(width, "width", 1)
+    if height < h or width < w:
+        raise ValueError(f"target size {height}x{width} is smaller than the image {h}x{w}")
+    if (height, width) == (h, w):
+        return image
+    widths = ((0, height - h), (0, width - w)) + ((0, 0),) * (image.ndim - 2)
+    return np.pad(image, widths, mode=mode)
+
+
+def extract_tiles(image: np.ndarray, grid: TileGrid, out: np.ndarray | None = None) -> np.ndarray:
+    """Copy the grid's tiles of an image into one stacked array.
+
+    Args:
+        image: ``HxWxC`` (or ``HxW``) array of exactly the grid's ``height x width``.
+        grid: the tiles to cut.
+        out: optional preallocated array of shape ``(len(grid), tile_h, tile_w, C)`` (``(len(grid),
+            tile_h, tile_w)`` for an ``HxW`` image); tiles are cast to its dtype.
+
+    Returns:
+        ``(N, tile_h, tile_w, C)`` array of the tiles in the grid's row-major order (``out`` when
+        given, otherwise a new array of the image's dtype).
+
+    Raises:
+        ValueError: if the image or ``out`` has the wrong shape.
+    """
+    if image.ndim not in (2, 3) or image.shape[:2] != (grid.height, grid.width):
+        raise ValueError(
+            f"image of shape {image.shape} does not match the grid's {grid.height}x{grid.width}"
+        )
+    shape = (len(grid), grid.tile_h, grid.tile_w) + image.shape[2:]
+    if out is None:
+        out = np.empty(shape, dtype=image.dtype)
+    elif out.shape != shape:
+        raise ValueError(f"out has shape {out.shape}, expected {shape}")
+    for i, (y, x) in enumerate(grid):
+        out[i] = image[y:y + grid.tile_h, x:x + grid.tile_w]
+    return out
+
+
+def _cosine_profile(size: int, ramp: int) -> np.ndarray:
+    """1-D raised-cosine window: ``ramp`` rising pixels at each end, 1 in between, symmetric."""
+    ramp = min(ramp, size // 2)
+    profile = np.ones(size, dtype=np.float64)
+    if ramp > 0:
+        # Samples of 0.5 * (1 - cos(pi * t)) at t = 1/(ramp+1) ... ramp/(ramp+1): > 0 and < 1.
+        t = np.arange(1, ramp + 1, dtype=np.float64) / (ramp + 1)
+        rise = 0.5 * (1.0 - np.cos(math.pi * t))
+        profile[:ramp] = rise
+        profile[size - ramp:] = rise[::-1]
+    return profile
+
+
+def _gaussian_profile(size: int, sigma_scale: float) -> np.ndarray:
+    """1-D gaussian centred on the middle of ``size`` pixels with ``sigma = sigma_scale * size``."""
+    centre = (size - 1) / 2.0
+    sigma = sigma_scale * size
+    return np.exp(-0.5 * ((np.arange(size, dtype=np.float64) - centre) / sigma) ** 2)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_window(tile_h: int, tile_w: int, mode: str, ramp_h: int, ramp_w: int,
+                   sigma_scale: float) -> np.ndarray:
+    """The window for validated, normalised arguments (see :func:`blend_window`)."""
+    if mode == "none":
+        window = np.ones((tile_h, tile_w), dtype=np.float64)
+    elif mode == "cosine":
+        window = np.outer(_cosine_profile(tile_h, ramp_h), _cosine_profile(tile_w, ramp_w))
+    else:
+        window = np.outer(_gaussian_profile(tile_h, sigma_scale), _gaussian_profile(tile_w, sigma_scale))
+    window = np.maximum(window / window.max(), MIN_WEIGHT).astype(np.float32)
+    window.flags.writeable = False
+    return window
+
+
+def blend_window(tile_h: int, tile_w: int, mode: str = "cosine", overlap: int | None = None,
+                 sigma_scale: float = 0.125) -> np.ndarray:
+    """Blending weights for one tile, computed once per argument set and cached.
+
+    Args:
+        tile_h, tile_w: tile size.
+        mode: ``"none"`` (all ones: plain averaging of overlaps), ``"cosine"`` (separable; 1 in
+            the centre, rising with a raised cosine over ``overlap`` pixels at each border) or
+            ``"gaussian"`` (separable gaussian with ``sigma = sigma_scale * size`` per axis).
+        overlap: cosine ramp length in pixels (clamped to half the tile side); ``None`` uses
+            ``tile_h // 4`` along y and ``tile_w // 4`` along x; 0 gives all ones.  Ignored by
+            other modes.
+        sigma_scale: gaussian sigma as a fraction of the tile side.  Ignored by other modes.
+
+    Returns:
+        A read-only float32 ``(tile_h, tile_w)`` array, symmetric under flips, with maximum 1 and
+        every weight ``>= 1e-3`` (strictly positive, so every covered pixel has a defined blend).
+        The same array object is returned for repeated calls with the same arguments.
+
+    Raises:
+        ValueError: for an unknown mode, a negative overlap or a non-positive sigma_scale.
+    """
+    tile_h = _int(tile_h, "tile_h", 1)
+    tile_w = _int(tile_w, "tile_w", 1)
+    if mode not in BLEND_MODES:
+        raise ValueError(f"blend mode must be one of {BLEND_MODES}, got {mode!r}")
+    if overlap is None:
+        ramp_h, ramp_w = tile_h // 4, tile_w // 4
+    else:
+        ramp_h = ramp_w = _int(overlap, "overlap", 0)
+    sigma_scale = float(sigma_scale)
+    if not sigma_scale > 0 or not math.isfinite(sigma_scale):
+        raise ValueError(f"sigma_scale must be a positive number, got {sigma_scale}")
+    # Arguments a mode ignores are normalised so that equivalent calls share one cache entry.
+    if mode != "cosine":
+        ramp_h = ramp_w = 0
+    if mode != "gaussian":
+        sigma_scale = 0.0
+    return _cached_window(tile_h, tile_w, mode, ramp_h, ramp_w, sigma_scale)
+
+
+class Stitcher:
+    """Accumulates weighted tile predictions into a full-size map.
+
+    Each :meth:`add` does ``acc[y:y+th, x:x+tw] += pred * window`` and
+    ``wsum[y:y+th, x:x+tw] += window``; :meth:`result` returns ``acc / wsum``.  Accumulators are
+    float32: ``(H, W, C)`` for the predictions and ``(H, W)`` for the weights.
+
+    Args:
+        height, width: size of the (possibly padded) image the tiles index.
+        channels: number of prediction channels ``C``.
+        window: strictly positive ``(tile_h, tile_w)`` blending weights, e.g. from
+            :func:`blend_window`; its shape is the tile size.
+
+    Raises:
+        ValueError: if the window is not 2-D, larger than the image, or not strictly positive.
+    """
+
+    def __init__(self, height: int, width: int, channels: int, window: np.ndarray):
+        self.height = _int(height, "height", 1)
+        self.width = _int(width, "width", 1)
+        self.channels = _int(channels, "channels", 1)
+        window = np.asarray(window, dtype=np.float32)
+        if window.ndim != 2:
+            raise ValueError(f"window must be a 2-D array, got shape {window.shape}")
+        self.tile_h, self.tile_w = window.shape
+        if self.tile_h > self.height or self.tile_w > self.width:
+            raise ValueError(
+                f"window {self.tile_h}x{self.tile_w} is larger than the image {self.height}x{self.width}"
+            )
+        if not np.all(window > 0) or not np.all(np.isfinite(window)):
+            raise ValueError("window weights must be finite and strictly positive")
+        self._window = window
+        self._window3 = window[:, :, None]
+        self._acc = np.zeros((self.height, self.width, self.channels), dtype=np.float32)
+        self._wsum = np.zeros((self.height, self.width), dtype=np.float32)
+
+    def add(self, pred_tile: np.ndarray, y: int, x: int) -> None:
+        """Add one ``(tile_h, tile_w, C)`` prediction whose top-left corner is ``(y, x)``.
+
+        Raises:
+            ValueError: if the prediction has the wrong shape or the tile leaves the image.
+        """
+        expected = (self.tile_h, self.tile_w, self.channels)
+        if pred_tile.shape != expected:
+            raise ValueError(f"prediction tile has shape {pred_tile.shape}, expected {expected}")
+        y, x = operator.index(y), operator.index(x)
+        if not (0 <= y <= self.height - self.tile_h and 0 <= x <= self.width - self.tile_w):
+            raise ValueError(
+                f"tile at ({y}, {x}) of size {self.tile_h}x{self.tile_w} leaves the "
+                f"{self.height}x{self.width} image"
+            )
+        rows, cols = slice(y, y + self.tile_h), slice(x, x + self.tile_w)
+        self._acc[rows, cols] += pred_tile * self._window3
+        self._wsum[rows, cols] += self._window
+
+    def add_batch(self, preds: np.ndarray, corners: Sequence[tuple[int, int]]) -> None:
+        """Add ``(N, tile_h, tile_w, C)`` predictions whose top-left corners are ``corners[i]``.
+
+        Raises:
+            ValueError: if ``preds`` and ``corners`` differ in length (or as for :meth:`add`).
+        """
+        if len(preds) != len(corners):
+            raise ValueError(f"{len(preds)} predictions but {len(corners)} corners")
+        for pred, (y, x) in zip(preds, corners):
+            self.add(pred, y, x)
+
+    def coverage(self) -> np.ndarray:
+        """Read-only ``(H, W)`` float32 view of the accumulated weight sum (0 where no tile was added)."""
+        view = self._wsum.view()
+        view.flags.writeable = False
+        return view
+
+    def result(self, height: int | None = None, width: int | None = None) -> np.ndarray:
+        """Blended ``(H, W, C)`` float32 map ``acc / wsum``, optionally cropped to the top-left
+        ``height x width`` (to drop the padding added by :func:`pad_image`).
+
+        Raises:
+            ValueError: if the crop is larger than the image.
+            RuntimeError: if any pixel of the (cropped) area was never covered by a tile.
+        """
+        height = self.height if height is None else _int(height, "height", 1)
+        width = self.width if width is None else _int(width, "width", 1)
+        if height > self.height or width > self.width:
+            raise ValueError(f"crop {height}x{width} is larger than the image {self.height}x{self.width}")
+        wsum = self._wsum[:height, :width]
+        uncovered = int(np.count_nonzero(wsum <= 0))
+        if uncovered:
+            raise RuntimeError(f"{uncovered} of {height * width} pixels were not covered by any tile")
+        return self._acc[:height, :width] / wsum[:, :, None]
+
+
+def plan(height: int, width: int, tile_h: int, tile_w: int, overlap: int,
+         multiple: int = 1) -> tuple[int, int, TileGrid]:
+    """Padded size and tile grid for a ``height x width`` image.
+
+    The image is padded only when it is smaller than a tile, or to round its size up to
+    ``multiple`` (see :func:`padded_size`).
+
+    Returns:
+        ``(padded_h, padded_w, grid)`` with ``grid = make_grid(padded_h, padded_w, ...)``.
+    """
+    padded_h, padded_w = padded_size(height, width, tile_h, tile_w, multiple)
+    return padded_h, padded_w, make_grid(padded_h, padded_w, tile_h, tile_w, overlap)

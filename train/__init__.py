@@ -1,0 +1,1 @@
+"""flexunet training front end (Keras)."""
