@@ -61,7 +61,9 @@ def evaluate(cfg: Config, model_path: Path | None = None) -> Evaluation:
 
     data, steps = ds.make_tf_dataset(maker, pairs, cfg.train.batch_size, training=False, seed=cfg.seed)
     values = model.evaluate(data, steps=steps, return_dict=True, verbose=0)
-    metrics = {k: float(v) for k, v in values.items()}
+    # seed order: the loss first, then the compiled metrics
+    metrics = {"loss": float(values["loss"])}
+    metrics.update({k: float(v) for k, v in values.items() if k != "loss"})
 
     # Mask dice over the whole split (pixels pooled), from thresholded / argmax predictions.
     pred_labels, true_labels = [], []

@@ -16,6 +16,7 @@ import math
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -336,6 +337,7 @@ def train(cfg: Config, epochs: int | None = None) -> TrainResult:
 
     start = time.perf_counter()
     interrupted = False
+    warnings.filterwarnings("ignore", message=".*shuffle=True.*", category=UserWarning)
     try:
         model.fit(train_ds, epochs=t.epochs, steps_per_epoch=steps, validation_data=valid_ds,
                   validation_steps=t.validation_steps or valid_steps, callbacks=callbacks, verbose=0)
