@@ -21,6 +21,8 @@ COMMANDS = {
     "summary": "train.cli:summary_cmd",
     "train": "train.cli:train_cmd",
     "evaluate": "train.cli:evaluate_cmd",
+    "export": "export.cli:export_cmd",
+    "infer": "runtime.infer_cli:infer_cmd",
 }
 
 

@@ -1,0 +1,1 @@
+"""flexunet export: Keras -> ONNX (with metadata), optimised and INT8 ONNX, TensorRT, Triton."""
