@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 import logging
 import os
 import sys
@@ -37,6 +38,8 @@ class LazyGroup(click.Group):
     def get_command(self, ctx, name):
         if name in self.lazy:
             module, attr = self.lazy[name].split(":")
+            if importlib.util.find_spec(module) is None:
+                return None  # a part not installed in this distribution
             return getattr(importlib.import_module(module), attr)
         return super().get_command(ctx, name)
 
