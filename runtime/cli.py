@@ -38,7 +38,11 @@ class LazyGroup(click.Group):
     def get_command(self, ctx, name):
         if name in self.lazy:
             module, attr = self.lazy[name].split(":")
-            if importlib.util.find_spec(module) is None:
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except ModuleNotFoundError:
+                found = False
+            if not found:
                 return None  # a part not installed in this distribution
             return getattr(importlib.import_module(module), attr)
         return super().get_command(ctx, name)
