@@ -313,13 +313,13 @@ def test_importing_the_cli_does_not_import_tensorflow(tmp_path):
     proc = _python(["-c", "import sys, runtime, runtime.cli, train.cli; print('tensorflow' in sys.modules)"],
                    tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "False"
+    assert proc.stdout.strip() == "False", (proc.stdout, proc.stderr)
 
     proc = _python(["-c", "import sys\nfrom click.testing import CliRunner\nfrom runtime.cli import cli\n"
                           "r = CliRunner().invoke(cli, ['--help'])\n"
                           "print(r.exit_code, 'tensorflow' in sys.modules)"], tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "0 False"
+    assert proc.stdout.strip() == "0 False", (proc.stdout, proc.stderr)
 
 
 def _process_cases(tmp_path: Path):

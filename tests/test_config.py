@@ -168,8 +168,8 @@ def test_unparsable_unused_key_is_kept_without_warning(tmp_path, caplog):
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "runtime/config.py _warn(): the warned identity uses str(config_path) where config_path is "
-    "Path(path).expanduser().absolute() (load_config), which does not normalise '..' or symlinks; "
+    "runtime/config.py line 479 (_warn): the warned identity uses str(config_path) where config_path is "
+    "Path(path).expanduser().absolute() (line 555, load_config), which does not normalise '..' or symlinks; "
     "the same file loaded as 'dir/sub/../train_eval_infer.config' and 'dir/train_eval_infer.config' "
     "warns twice"))
 def test_same_file_through_other_spelling_warns_once(tmp_path, caplog):
@@ -384,7 +384,7 @@ def test_bom_and_crlf(tmp_path):
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "runtime/config.py _strip_inline_comment() (line ~124): the quote tracker ignores backslash "
+    "runtime/config.py _strip_inline_comment() lines 127-131: the quote tracker ignores backslash "
     "escapes, so in 'loss = \"a \\\" ; b\"' the escaped quote closes the string and ' ; b\"' is cut "
     "as a comment; the value (a valid Python literal) becomes unparsable and takes the default"))
 def test_inline_comment_stripper_respects_escaped_quotes(tmp_path):
@@ -393,7 +393,7 @@ def test_inline_comment_stripper_respects_escaped_quotes(tmp_path):
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "runtime/config.py _parse_literal() (line ~139): a symbolic name is only recognised when the "
+    "runtime/config.py _parse_literal() line 142: a symbolic name is only recognised when the "
     "whole text equals it, so 'color_converter = cv2.COLOR_BGR2HSV  # hsv' is unparsable (warning, "
     "default None) although '# ...' comments work after every literal value and ' ; hsv' works"))
 def test_hash_comment_after_symbolic_name(tmp_path):
@@ -678,7 +678,7 @@ def test_class_colors_and_names_binary(tmp_path):
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "runtime/config.py _check_consistency() line ~596 requires len(class_names) == num_classes, "
+    "runtime/config.py _check_consistency() line 596 requires len(class_names) == num_classes, "
     "but class_names()/class_colors() describe a binary model with 2 classes (background, "
     "foreground): [mask] class_names = [\"background\", \"nucleus\"] with num_classes = 1 raises "
     "ConfigError '2 names for num_classes = 1', and the only accepted form ([\"nucleus\"]) makes "

@@ -184,6 +184,8 @@ def _image_params(rng: np.random.Generator, kind: str) -> dict:
     p["debris_density"] = rng.uniform(0.3, 1.2)
     # red blood cells (background): none in some images, scattered or many in others
     p["rbc_density"] = 0.0 if rng.random() < 0.3 else rng.uniform(0.02, 0.12)
+    if kind == "slides":
+        p["rbc_density"] *= 0.4
     return p
 
 
@@ -372,10 +374,10 @@ def render_sample(rng: np.random.Generator, height: int, width: int, kind: str) 
     halo = np.zeros((h, w, 2), np.float32)   # (eosin, hematoxylin) optical density of cytoplasm
     n = len(cells["x"])
     X, Y, A, B, ANG = (cells[k].tolist() for k in ("x", "y", "a", "b", "angle"))
-    for i in np.flatnonzero(cells["halo"]).tolist():
-        k, f = float(cells["halo_od"][i]), float(cells["halo_hema"][i])
-        _ellipse(halo, X[i], Y[i], A[i] * float(cells["halo_a"][i]), B[i] * float(cells["halo_b"][i]),
-                 ANG[i] + float(cells["halo_angle"][i]), (k * (1.0 - f), k * f))
+    sel = cells["halo"]
+    for x, y, a, b, ang, sa, sb, da, k, f in zip(*(cells[key][sel].tolist() for key in (
+            "x", "y", "a", "b", "angle", "halo_a", "halo_b", "halo_angle", "halo_od", "halo_hema"))):
+        _ellipse(halo, x, y, a * sa, b * sb, ang + da, (k * (1.0 - f), k * f))
     halo = cv2.GaussianBlur(halo, (0, 0), rng.uniform(1.0, 2.2))
     # stroma: eosin texture at two scales, bluish smudges; added to the halo channels
     eosin = _lowfreq(rng, h, w, 40.0) * 0.6 + _lowfreq(rng, h, w, 6.0) * 0.4 + 0.5

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import math
 import shutil
@@ -36,6 +37,7 @@ from . import dataset as ds
 log = logging.getLogger("flexunet")
 
 BEST_MODEL_FILE = "best_model.keras"
+TRAINING_RECORD = "training.json"  # which config (and data root) trained the models in model_dir
 
 
 def set_seed(seed: int) -> None:
@@ -314,6 +316,9 @@ def train(cfg: Config, epochs: int | None = None) -> TrainResult:
         except OSError as exc:
             raise FlexunetError(f"{folder}: cannot create folder ({exc.strerror or exc})") from None
     shutil.copy2(cfg.path, t.model_dir / "train_eval_infer.config")
+    write_text(t.model_dir / TRAINING_RECORD, json.dumps({
+        "config": str(cfg.path), "data_root": str(cfg.data_root) if cfg.data_root else None,
+        "started": datetime.now().isoformat(timespec="seconds")}, indent=2) + "\n")
 
     augment = cfg.model.generator and cfg.generator.augmentation
     train_ds, train_steps = ds.make_tf_dataset(

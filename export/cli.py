@@ -1,0 +1,63 @@
+"""``flexunet export`` command (TensorFlow is imported only when it runs)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from runtime.cli import handle_errors, import_tensorflow_quietly
+from runtime.errors import EXIT_CODES_HELP
+
+
+@click.command("export", epilog=EXIT_CODES_HELP)
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True,
+              help="Output folder for the artifacts and export_report.json.")
+@click.option("--config", type=click.Path(path_type=Path), default=None,
+              help="Training config (default: train_eval_infer.config beside MODEL).")
+@click.option("--data-root", type=click.Path(path_type=Path), default=None,
+              help="Re-root the config's dataset paths (verification uses its real images).")
+@click.option("--dynamic-size", is_flag=True, help="Accept any input size that is a multiple of 2**(num_layers-1).")
+@click.option("--opset", type=click.IntRange(17, 21), default=17, show_default=True)
+@click.option("--optimize", is_flag=True, help="Also write model.opt.onnx (ONNX Runtime graph optimisations).")
+@click.option("--int8", is_flag=True, help="Also write model.int8.onnx (static QDQ quantisation).")
+@click.option("--calibration-images", type=click.Path(path_type=Path), default=None,
+              help="Folder of real images whose tiles calibrate INT8 (ONNX and TensorRT).")
+@click.option("--calibration-count", type=click.IntRange(1), default=64, show_default=True,
+              help="Number of calibration tiles.")
+@click.option("--int8-min-dice", type=click.FloatRange(0, 1), default=0.99, show_default=True,
+              help="Refuse the INT8 model if its mask dice against FP32 is lower.")
+@click.option("--trt", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
+              help="Build a TensorRT engine (needs TensorRT and a CUDA GPU).")
+@click.option("--min-batch", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--opt-batch", type=click.IntRange(1), default=4, show_default=True)
+@click.option("--max-batch", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--triton-repo", type=click.Path(path_type=Path), default=None,
+              help="Also write a Triton model repository here.")
+@handle_errors
+def export_cmd(model, out_dir, config, data_root, dynamic_size, opset, optimize, int8, calibration_images,
+               calibration_count, int8_min_dice, trt, min_batch, opt_batch, max_batch, triton_repo):
+    """Export MODEL (.keras) to ONNX with metadata, verified against Keras; optionally optimised and
+    INT8 ONNX, a TensorRT engine and a Triton repository."""
+    if not (min_batch <= opt_batch <= max_batch):
+        raise click.BadParameter("need --min-batch <= --opt-batch <= --max-batch")
+    import_tensorflow_quietly()
+    from .exporter import ExportOptions, run_export
+
+    opts = ExportOptions(out_dir=out_dir, config=config, data_root=data_root, dynamic_size=dynamic_size,
+                         opset=opset, optimize=optimize, int8=int8, calibration_images=calibration_images,
+                         calibration_count=calibration_count, int8_min_dice=int8_min_dice, trt=trt,
+                         min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, triton_repo=triton_repo)
+    report = run_export(model, opts)
+    for name, a in report["artifacts"].items():
+        figures = a.get("vs_fp32") or a.get("vs_keras") or {}
+        ref = "FP32" if "vs_fp32" in a else "Keras"
+        line = f"  {name:<18} {a.get('bytes', 0) / 1e6:8.1f} MB"
+        if figures:
+            line += f"  vs {ref}: max|Δp| {figures['max_abs_diff']:.2e}  dice {figures['dice']:.5f}"
+        click.echo(line)
+    if "triton_repository" in report:
+        click.echo(f"  triton repository: {report['triton_repository']}")
+    click.echo(f"verified on {report['verification_tiles']['count']} tiles "
+               f"({report['verification_tiles']['source']}); report: {out_dir}/export_report.json "
+               f"({report['total_seconds']:.1f}s)")

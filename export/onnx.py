@@ -1,0 +1,188 @@
+"""Keras -> ONNX through tf2onnx, with flexunet metadata, verified against Keras before it counts.
+
+The exported graph takes NHWC float32 ``image`` with a dynamic batch dimension and returns
+``probabilities`` (sigmoid for one class, softmax for more).  Spatial size is fixed at the training
+tile size unless ``dynamic_size`` (then any multiple of ``2**(num_layers-1)``).
+"""
+from __future__ import annotations
+
+import hashlib
+import platform
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from runtime.errors import FlexunetError, ModelError, VerificationError
+from runtime.masks import labels_from_probabilities
+from runtime.metrics import dice
+from runtime.modelinfo import ModelInfo
+
+DEFAULT_OPSET = 17
+FP32_MAX_ABS_DIFF = 1e-4
+FP32_MIN_DICE = 0.9999
+
+
+def keras_weights_sha256(model) -> str:
+    """sha256 over the model's weights (names, shapes and bytes), independent of file format."""
+    h = hashlib.sha256()
+    for w in model.weights:
+        arr = np.ascontiguousarray(np.asarray(w.numpy() if hasattr(w, "numpy") else w))
+        h.update(w.path.encode() if hasattr(w, "path") else b"")
+        h.update(str(arr.shape).encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def tool_versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for name in ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime-gpu", "onnxruntime", "numpy",
+                 "opencv-python-headless", "flexunet"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def convert(model, dest: Path, info: ModelInfo, opset: int = DEFAULT_OPSET) -> Path:
+    """Convert a Keras model to ONNX at ``dest`` and attach ``info`` as metadata_props."""
+    import onnx
+    import tensorflow as tf
+    import tf2onnx
+
+    h = None if info.height is None else info.height
+    w = None if info.width is None else info.width
+    spec = [tf.TensorSpec((None, h, w, info.channels), tf.float32, name=info.input_name)]
+
+    @tf.function(input_signature=spec)
+    def forward(image):
+        return {info.output_name: model(image, training=False)}
+
+    try:
+        proto, _ = tf2onnx.convert.from_function(forward, input_signature=spec, opset=opset)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelError(f"cannot convert the model to ONNX: {first[:300]}") from None
+    _set_metadata(proto, info)
+    onnx.save_model(proto, str(dest))
+    return dest
+
+
+def _set_metadata(proto, info: ModelInfo) -> None:
+    del proto.metadata_props[:]
+    for k, v in info.to_metadata().items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+    proto.producer_name = "flexunet"
+    proto.doc_string = "flexunet UNet; see metadata_props flexunet.info"
+
+
+def read_info(onnx_path: Path) -> ModelInfo:
+    import onnx
+
+    try:
+        proto = onnx.load_model(str(onnx_path), load_external_data=False)
+    except Exception as exc:
+        raise ModelError(f"{onnx_path}: not a readable ONNX model ({type(exc).__name__})") from None
+    return ModelInfo.from_metadata({p.key: p.value for p in proto.metadata_props}, str(onnx_path))
+
+
+def ort_session(onnx_path: Path, threads: int | None = None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    return ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+
+
+def ort_predict(session, tiles: np.ndarray, batch_size: int = 4) -> np.ndarray:
+    name = session.get_inputs()[0].name
+    outs = [session.run(None, {name: tiles[i:i + batch_size]})[0] for i in range(0, len(tiles), batch_size)]
+    return np.concatenate(outs).astype(np.float32)
+
+
+def keras_predict(model, tiles: np.ndarray, batch_size: int = 4) -> np.ndarray:
+    outs = [np.asarray(model.predict_on_batch(tiles[i:i + batch_size]))
+            for i in range(0, len(tiles), batch_size)]
+    return np.concatenate(outs).astype(np.float32)
+
+
+@dataclass
+class Agreement:
+    """How closely a candidate's probabilities and masks follow a reference's."""
+
+    max_abs_diff: float
+    mean_abs_diff: float
+    dice: float
+    tiles: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def agreement(reference: np.ndarray, candidate: np.ndarray, threshold: float = 0.5) -> Agreement:
+    """|Δp| and mask dice (foreground classes pooled) between two probability batches."""
+    diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
+    ref = np.stack([labels_from_probabilities(p, threshold) for p in reference])
+    cand = np.stack([labels_from_probabilities(p, threshold) for p in candidate])
+    if reference.shape[-1] == 1:
+        d = dice(ref, cand)
+    else:  # mean over foreground classes
+        d = float(np.mean([dice(ref == c, cand == c) for c in range(1, reference.shape[-1])]))
+    return Agreement(float(diff.max()), float(diff.mean()), d, len(reference))
+
+
+def check_fp32(a: Agreement, what: str, max_abs: float = FP32_MAX_ABS_DIFF,
+               min_dice: float = FP32_MIN_DICE) -> None:
+    if not (a.max_abs_diff <= max_abs and a.dice >= min_dice):
+        raise VerificationError(
+            f"{what} does not reproduce the Keras model: max |Δp| {a.max_abs_diff:.2e} (limit {max_abs:.0e}), "
+            f"mask dice {a.dice:.6f} (limit {min_dice}) on {a.tiles} tiles; artifact not written")
+
+
+def move_into_place(tmp_dir: Path, dest_dir: Path, names: list[str]) -> list[Path]:
+    """Rename finished files from a temporary folder into the output folder."""
+    out = []
+    for n in names:
+        src = tmp_dir / n
+        if src.exists():
+            dst = dest_dir / n
+            src.replace(dst)
+            out.append(dst)
+    return out
+
+
+def timed(fn, *a, **kw):
+    t = time.perf_counter()
+    r = fn(*a, **kw)
+    return r, time.perf_counter() - t
+
+
+def file_size(path: Path) -> int:
+    """Bytes of an ONNX file plus any external data files beside it."""
+    total = path.stat().st_size
+    data = path.with_suffix(path.suffix + ".data")
+    if data.exists():
+        total += data.stat().st_size
+    return total
+
+
+def remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def require_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".flexunet_write_probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise FlexunetError(f"{folder}: output folder is not writable ({exc.strerror or exc})") from None

@@ -1,0 +1,89 @@
+"""Model-input tiles for verification and calibration: real images when there are any.
+
+Tiles are cut with the project's one tiling implementation and pre-processed exactly as in
+training and inference (never resized).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from runtime import tiling
+from runtime.errors import FlexunetError, ImageReadError
+from runtime.imageio import expand_inputs, read_image
+from runtime.modelinfo import ModelInfo
+
+log = logging.getLogger("flexunet")
+
+
+def tiles_from_images(paths: list[Path], info: ModelInfo, count: int, seed: int = 0,
+                      overlap: int = 0) -> np.ndarray:
+    """Up to ``count`` pre-processed (h, w, C) tiles drawn evenly from the images' tile grids.
+
+    Unreadable files are skipped with a warning; no readable image at all is an error.
+    """
+    th, tw = info.tile_size
+    per_image: list[np.ndarray] = []
+    bad = []
+    for p in paths:
+        try:
+            img = read_image(p, channels=3)
+        except ImageReadError as exc:
+            bad.append(str(exc))
+            continue
+        x = info.preprocess(img)
+        ph, pw, grid = tiling.plan(x.shape[0], x.shape[1], th, tw, overlap)
+        per_image.append(tiling.extract_tiles(tiling.pad_image(x, ph, pw), grid))
+    for msg in bad:
+        log.warning(f"skipped {msg}")
+    if not per_image:
+        raise FlexunetError(f"no readable images among {len(paths)} file(s)"
+                            + (f" (first problem: {bad[0]})" if bad else ""))
+    rng = np.random.default_rng(seed)
+    pool = np.concatenate(per_image)
+    if len(pool) > count:
+        pool = pool[np.sort(rng.choice(len(pool), count, replace=False))]
+    return np.ascontiguousarray(pool, dtype=np.float32)
+
+
+def calibration_tiles(folder: Path, info: ModelInfo, count: int, seed: int = 0) -> np.ndarray:
+    """Tiles for INT8 calibration from a folder of images."""
+    folder = Path(folder)
+    try:
+        paths = expand_inputs([folder])
+    except FlexunetError:
+        raise FlexunetError(f"{folder}: calibration folder does not exist") from None
+    if not paths:
+        raise FlexunetError(f"{folder}: no images (jpg, png, tif, bmp) for calibration")
+    try:
+        return tiles_from_images(paths, info, count, seed)
+    except FlexunetError as exc:
+        raise FlexunetError(f"{folder}: calibration: {exc}") from None
+
+
+def verification_tiles(cfg, info: ModelInfo, count: int = 6, seed: int = 0) -> tuple[np.ndarray, str]:
+    """Real tiles from the config's [test], [eval] or [train] images; synthetic when none exist.
+
+    Returns the tiles and a description of their source for the export report.
+    """
+    if cfg is not None:
+        for split in (cfg.test, cfg.eval, cfg.train):
+            folder = split.image_datapath
+            if folder is not None and Path(folder).is_dir():
+                paths = expand_inputs([folder])
+                if split.files:
+                    wanted = set(split.files)
+                    paths = [p for p in paths if p.name in wanted or p.stem in wanted]
+                if paths:
+                    try:
+                        return tiles_from_images(paths[:max(2, count)], info, count, seed), str(folder)
+                    except FlexunetError:
+                        continue
+    from train.synth import render_sample
+
+    th, tw = info.tile_size
+    rng = np.random.default_rng(seed)
+    tiles = np.stack([info.preprocess(render_sample(rng, th, tw, "tiles")[0]) for _ in range(count)])
+    return tiles.astype(np.float32), "synthetic"

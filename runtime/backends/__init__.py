@@ -1,0 +1,7 @@
+"""Inference backends behind one small interface (see :mod:`runtime.backends.base`).
+
+Importing this package loads no inference library; :func:`load_backend` imports the one asked for.
+"""
+from .base import BACKENDS, Backend, load_backend
+
+__all__ = ["BACKENDS", "Backend", "load_backend"]

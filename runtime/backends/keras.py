@@ -1,0 +1,88 @@
+"""Keras backend: a trained ``.keras`` model, the reference the exported models are checked against.
+
+TensorFlow is imported when a model is loaded, never when this module is imported.  A ``.keras``
+file does not describe its pre-processing, so the :class:`ModelInfo` comes from the training
+config: the ``train_eval_infer.config`` copy training writes beside the model, or ``config=``.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..config import CONFIG_FILENAME, load_config
+from ..errors import MissingDependencyError, ModelError
+from ..modelinfo import ModelInfo
+from .base import Backend, check_channels, first_line
+
+
+class KerasBackend(Backend):
+    """A ``.keras`` model run with ``predict_on_batch`` on TensorFlow's default device.
+
+    Args:
+        path: the ``.keras`` file.
+        config: the training config (default: ``train_eval_infer.config`` beside the model).
+
+    Raises:
+        ModelError: no config, or a file Keras cannot load.
+        MissingDependencyError: TensorFlow is not installed.
+    """
+
+    def __init__(self, path: str | os.PathLike, config: str | os.PathLike | None = None):
+        self.path = Path(path)
+        config_path = Path(config) if config is not None else self.path.parent / CONFIG_FILENAME
+        if not config_path.is_file():
+            raise ModelError(f"{self.path}: no {CONFIG_FILENAME} beside the model; pass --config "
+                             "with its training config, or export it to ONNX (which carries its own metadata)")
+        info = ModelInfo.from_config(load_config(config_path))
+        keras = _import_keras()
+        try:
+            self._model = keras.models.load_model(self.path, compile=False)
+        except (OSError, ValueError, TypeError) as exc:
+            raise ModelError(f"{self.path}: cannot load the Keras model ({first_line(exc)})") from None
+        _, height, width, channels = self._model.input_shape
+        check_channels(self.path, info, channels)
+        if height is not None and width is not None:
+            self.fixed_size = (int(height), int(width))
+        info.height, info.width = self.fixed_size or (None, None)
+        self.info = info
+        self.name = f"keras {keras.__version__} (TensorFlow {_tensorflow_version()})"
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities for a batch (``predict_on_batch``, inference mode)."""
+        return np.asarray(self._model.predict_on_batch(np.asarray(batch, dtype=np.float32)), dtype=np.float32)
+
+    def close(self) -> None:
+        """Drop the model."""
+        self._model = None
+
+
+def _import_keras():
+    """keras, with TensorFlow's start-up logging hidden and the project's custom objects
+    (losses and metrics) registered when the training package is installed."""
+    from ..cli import import_tensorflow_quietly
+
+    try:
+        import_tensorflow_quietly()
+        import keras
+    except ImportError as exc:
+        raise MissingDependencyError(f"the keras backend needs TensorFlow ({exc}); install it with "
+                                     "pip install 'flexunet[train]', or export the model to ONNX") from None
+    try:
+        importlib.import_module("train.losses")
+    except ModuleNotFoundError:
+        pass  # a runtime-only installation: nothing custom is needed with compile=False
+    return keras
+
+
+def _tensorflow_version() -> str:
+    import tensorflow as tf
+
+    return tf.__version__
+
+
+def load(path: Path, config: str | os.PathLike | None = None) -> KerasBackend:
+    """A :class:`KerasBackend` for ``path`` (see its arguments)."""
+    return KerasBackend(path, config=config)

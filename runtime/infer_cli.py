@@ -1,0 +1,149 @@
+"""``flexunet infer``: segment slides with an exported (or Keras) model, the CLI of :class:`Segmenter`.
+
+Progress goes to stderr (one rewritten line on a terminal, a line per slide otherwise); the
+per-stage timing table and the summary go to stdout at the end.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import TextIO
+
+import click
+
+from .backends.base import BACKENDS
+from .cli import handle_errors
+from .errors import EXIT_CODES_HELP, EXIT_SKIPPED, FlexunetError
+from .imageio import expand_inputs
+from .segmenter import ProgressEvent, RunSummary, Segmenter
+from .tiling import BLEND_MODES
+
+
+class TileSize(click.ParamType):
+    """``512`` or ``512x768`` (height x width)."""
+
+    name = "N|HxW"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        parts = str(value).lower().split("x")
+        try:
+            size = tuple(int(p) for p in parts)
+        except ValueError:
+            size = ()
+        if len(size) not in (1, 2) or min(size) < 1:
+            self.fail(f"{value!r} is not a tile size like 512 or 512x768", param, ctx)
+        return size if len(size) == 2 else (size[0], size[0])
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+class ProgressLine:
+    """Slides finished / total, slides per second and ETA on ``stream``.
+
+    On a terminal one line is rewritten in place; otherwise one line is printed per slide.
+    Resumed slides count as finished but not towards the rate.
+    """
+
+    def __init__(self, total: int, stream: TextIO):
+        self.total = total
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.start = time.perf_counter()
+        self.processed = 0
+        self._open = False
+
+    def __call__(self, event: ProgressEvent) -> None:
+        if event.status != "resumed":
+            self.processed += 1
+        elapsed = time.perf_counter() - self.start
+        rate = self.processed / elapsed if elapsed > 0 else 0.0
+        left = self.total - event.finished
+        eta = _duration(left / rate) if rate > 0 else "?"
+        width = len(str(self.total))
+        line = f"[{event.finished:{width}d}/{self.total}] {rate:.2f} slides/s, ETA {eta}"
+        if self.tty:
+            self.stream.write(f"\r{line}  ")
+            self._open = True
+        else:
+            self.stream.write(f"{line}  {event.status} {event.path.name}\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        """End the rewritten line, if any."""
+        if self._open:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._open = False
+
+
+def format_report(summary: RunSummary) -> str:
+    """The stage timing table and the summary lines printed at the end of a run."""
+    wall = summary.wall_seconds
+    lines = [f"{'stage':<12}{'busy s':>9}{'% wall':>9}"]
+    for stage, seconds in summary.stage_seconds.items():
+        share = 100.0 * seconds / wall if wall > 0 else 0.0
+        lines.append(f"{stage:<12}{seconds:>9.2f}{share:>8.1f}%")
+    lines.append(f"{'wall':<12}{wall:>9.2f}")
+    rate = f" ({len(summary.done) / wall:.2f} slides/s)" if wall > 0 and summary.done else ""
+    lines.append(f"done {len(summary.done)}, skipped {len(summary.skipped)}, "
+                 f"resumed {len(summary.resumed)}{rate}")
+    lines += [f"skipped: {reason}" for _, reason in summary.skipped]
+    return "\n".join(lines)
+
+
+@click.command("infer", epilog=EXIT_CODES_HELP)
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder (created if needed).")
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+              help="Inference backend; auto picks the fastest available for the model file.")
+@click.option("--tile", type=TileSize(), help="Tile size N or HxW [default: the model's input size].")
+@click.option("--overlap", type=click.IntRange(min=0), help="Tile overlap in pixels [default: 64].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Tiles per batch.")
+@click.option("--blend", type=click.Choice(BLEND_MODES), help="Blending of overlapping tiles [default: cosine].")
+@click.option("--whole", is_flag=True, help="One padded pass over the whole image (dynamic-size models).")
+@click.option("--threshold", type=click.FloatRange(0.0, 1.0), help="Foreground threshold of a binary model.")
+@click.option("--colorize", is_flag=True, help="Also write <stem>_color.png in the class colours.")
+@click.option("--overlay", is_flag=True, help="Also write <stem>_overlay.jpg|png over the input.")
+@click.option("--probabilities", is_flag=True, help="Also write <stem>_prob.npy (HxWxK float32).")
+@click.option("--fill-holes", is_flag=True, help="Fill background holes enclosed by one class.")
+@click.option("--min-size", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Remove objects smaller than this many pixels.")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for ONNX Runtime [default: all cores].")
+@click.option("--config", type=click.Path(dir_okay=False, path_type=Path),
+              help="Training config of a .keras model [default: the one beside it].")
+@click.option("--resume", is_flag=True, help="Skip inputs whose outputs are complete (same model and options).")
+@handle_errors
+def infer_cmd(model, inputs, out_dir, backend, tile, overlap, batch_size, blend, whole, threshold,
+              colorize, overlay, probabilities, fill_holes, min_size, threads, config, resume):
+    """Segment INPUT images and folders of images with MODEL (.onnx, .keras, .engine/.plan).
+
+    Writes OUT/<stem>.png (0/255, or class indices for a multiclass model) per input, plus the
+    optional colourised mask, overlay and probabilities. Unreadable images are reported and
+    skipped; every file is written under a temporary name and renamed when complete.
+    """
+    paths = expand_inputs(inputs)
+    if not paths:
+        raise FlexunetError(f"no images in {', '.join(map(str, inputs))}")
+    with Segmenter(model, backend=backend, tile=tile, overlap=overlap, batch_size=batch_size, blend=blend,
+                   whole=whole, threshold=threshold, fill_holes=fill_holes, min_size=min_size,
+                   threads=threads, config=config) as segmenter:
+        click.echo(f"backend: {segmenter.backend.name}", err=True)
+        click.echo(f"tiling: {segmenter.describe()}", err=True)
+        progress = ProgressLine(len(paths), sys.stderr)
+        try:
+            summary = segmenter.segment_folder(paths, out_dir, colorize=colorize, overlay=overlay,
+                                               probabilities=probabilities, resume=resume, progress=progress)
+        finally:
+            progress.close()
+    click.echo(format_report(summary))
+    if summary.skipped:
+        sys.exit(EXIT_SKIPPED)

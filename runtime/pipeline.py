@@ -1,0 +1,415 @@
+"""The concurrent slide engine: read -> batch + infer -> stitch + post-process -> write.
+
+Threads connected by bounded queues::
+
+    reader(s) --jobs--> batcher/inference --results--> stitcher/post --outputs--> writer
+
+* a reader decodes a slide, pre-processes it, pads it and plans its tiles (one job per slide);
+* the batcher copies tiles into batches of ``batch_size`` and runs ``backend.predict``; a batch
+  is filled with the tiles of consecutive slides, so the engine never runs a short batch at the end
+  of each slide or waits for the next slide to be decoded;
+* the stitcher blends every tile's probabilities into its slide (:class:`runtime.tiling.Stitcher`)
+  and, once a slide has all its tiles, post-processes it;
+* the writer writes the slide's outputs.
+
+Memory is bounded for any number of slides: a slide takes one of ``max_in_flight`` slots before it
+is read and gives it back once written (or skipped), and every queue is bounded.
+
+Stopping: an unreadable image (:class:`~runtime.errors.ImageReadError`) is recorded as skipped and
+the run goes on.  Any other exception in a stage sets a shared stop event; every thread notices it
+within :data:`POLL` seconds (all queue and slot waits use timeouts), a running ``predict`` is
+interrupted, the threads are joined and :meth:`Pipeline.run` re-raises the exception.  A
+``KeyboardInterrupt`` in the calling thread stops the run the same way and is re-raised.  Outputs
+are written atomically by the ``write`` callable, so a stopped run leaves no partial file.
+
+Tiling follows :func:`runtime.segment.predict_tiled` / :func:`~runtime.segment.predict_whole`
+exactly (same padding, grid and blending window), so a folder run gives the same probabilities as
+segmenting each image on its own.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from . import tiling
+from .backends.base import Backend
+from .errors import ImageReadError, ModelError
+
+log = logging.getLogger("flexunet")
+
+#: Stages whose busy time is measured, in pipeline order.
+STAGES = ("decode", "preprocess", "batch", "inference", "blend", "post", "write")
+POLL = 0.1           # seconds between checks of the stop event while waiting
+JOIN_TIMEOUT = 2.0   # seconds to wait for the threads when stopping
+RESULT_QUEUE = 4     # predicted batches waiting for the stitcher
+OUTPUT_QUEUE = 2     # finished slides waiting for the writer
+
+
+@dataclass(frozen=True)
+class SlideTask:
+    """One input of a run: its position in the input list, its file and its output name."""
+
+    index: int
+    path: Path
+    name: str
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How an image is cut into model inputs.
+
+    Attributes:
+        tile: ``(height, width)`` of the tiles, or None for one pass over the whole image.
+        overlap: minimum overlap of neighbouring tiles (and the cosine ramp length), pixels.
+        blend: blending window of overlapping tiles: ``cosine``, ``gaussian`` or ``none``.
+        multiple: whole-image passes pad the image to a multiple of this.
+    """
+
+    tile: tuple[int, int] | None
+    overlap: int = 0
+    blend: str = "cosine"
+    multiple: int = 1
+
+    def cut(self, image: np.ndarray) -> tuple[np.ndarray, tuple[int, int], list[tuple[int, int]], np.ndarray | None]:
+        """``(padded image, tile size, tile corners, blending window or None for a whole pass)``.
+
+        The image is reflect-padded at the bottom/right: to a tile when smaller than one, or to
+        ``multiple`` for a whole pass; tiles are never resized.
+        """
+        h, w = image.shape[:2]
+        if self.tile is None:
+            ph, pw = tiling.padded_size(h, w, 1, 1, self.multiple)
+            return tiling.pad_image(image, ph, pw, mode="reflect"), (ph, pw), [(0, 0)], None
+        th, tw = self.tile
+        ph, pw, grid = tiling.plan(h, w, th, tw, self.overlap)
+        window = tiling.blend_window(th, tw, self.blend, self.overlap)
+        return tiling.pad_image(image, ph, pw, mode="reflect"), (th, tw), list(grid), window
+
+
+@dataclass
+class PipelineResult:
+    """What a run did: inputs written and skipped (in input order), busy seconds per stage
+    (summed over threads, so stages that overlap can add up to more than the wall time)."""
+
+    done: list[Path] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    wall_seconds: float = 0.0
+
+
+class StageTimer:
+    """Thread-safe busy-time accounting: ``with timer("decode"): ...``."""
+
+    def __init__(self, stages: Sequence[str] = STAGES):
+        self._seconds = dict.fromkeys(stages, 0.0)
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - start
+            with self._lock:
+                self._seconds[stage] = self._seconds.get(stage, 0.0) + elapsed
+
+    def seconds(self) -> dict[str, float]:
+        """Busy seconds per stage so far."""
+        with self._lock:
+            return dict(self._seconds)
+
+
+class _Slide:
+    """A slide in flight: its padded input until every tile is batched, then its blend."""
+
+    def __init__(self, task: SlideTask, image: np.ndarray, x: np.ndarray, layout: Layout):
+        self.task = task
+        self.image = image
+        self.height, self.width = x.shape[:2]
+        self.padded, self.tile, self.corners, self.window = layout.cut(x)
+        self.padded_size = self.padded.shape[:2]
+        self.remaining = len(self.corners)
+        self._stitcher: tiling.Stitcher | None = None
+        self._probs: np.ndarray | None = None
+
+    def tile_input(self, i: int) -> np.ndarray:
+        """The ``i``-th tile of the padded input (a view)."""
+        y, x = self.corners[i]
+        return self.padded[y:y + self.tile[0], x:x + self.tile[1]]
+
+    def add(self, pred: np.ndarray, i: int) -> None:
+        """Blend the prediction of the ``i``-th tile."""
+        if self.window is None:
+            self._probs = pred[:self.height, :self.width]
+        else:
+            if self._stitcher is None:
+                self._stitcher = tiling.Stitcher(*self.padded_size, pred.shape[-1], self.window)
+            self._stitcher.add(pred, *self.corners[i])
+        self.remaining -= 1
+
+    def probabilities(self) -> np.ndarray:
+        """The blended ``(H, W, K)`` probabilities (once every tile was added)."""
+        if self.window is None:
+            return self._probs
+        return self._stitcher.result(self.height, self.width)
+
+
+class _Stopped(Exception):
+    """Raised inside a stage thread when the run is being stopped."""
+
+
+_END = object()  # end-of-stream marker passed down the queues
+
+Reader = Callable[[Path], np.ndarray]
+Preparer = Callable[[np.ndarray], np.ndarray]
+Finisher = Callable[[SlideTask, np.ndarray, np.ndarray], Any]
+Writer = Callable[[SlideTask, Any], None]
+SlideCallback = Callable[[str, SlideTask, "str | None"], None]
+
+
+class Pipeline:
+    """Runs slides through read -> batch/infer -> stitch/post-process -> write concurrently.
+
+    Args:
+        backend: runs the batches.
+        layout: how each image is cut into model inputs.
+        read: ``path -> image`` (decode; raises ImageReadError for unreadable files).
+        prepare: ``image -> float32 HxWxC model input`` (pre-processing).
+        finish: ``(task, image, probabilities) -> product`` (labels and derived images).
+        write: ``(task, product) -> None`` (writes the outputs atomically).
+        batch_size: tiles per ``predict`` call.
+        max_in_flight: slides read but not yet written, at most (>= 2: one being batched while
+            the next is read).
+        readers: reader threads.
+        on_slide: called as ``on_slide(status, task, reason)`` when a slide is done
+            (``"done"``, reason None) or skipped (``"skipped"``, reason the error message);
+            calls are serialised.
+
+    A Pipeline runs once: create one per run.
+    """
+
+    def __init__(self, backend: Backend, layout: Layout, *, read: Reader, prepare: Preparer,
+                 finish: Finisher, write: Writer, batch_size: int = 4, max_in_flight: int = 3,
+                 readers: int = 1, on_slide: SlideCallback | None = None):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if max_in_flight < 2:
+            raise ValueError(f"max_in_flight must be >= 2, got {max_in_flight}")
+        if readers < 1:
+            raise ValueError(f"readers must be >= 1, got {readers}")
+        self._backend = backend
+        self._layout = layout
+        self._read, self._prepare, self._finish, self._write = read, prepare, finish, write
+        self._batch_size = batch_size
+        self._readers = readers
+        self._on_slide = on_slide
+        self._slots = threading.Semaphore(max_in_flight)
+        self._jobs: queue.Queue = queue.Queue(maxsize=max_in_flight)
+        self._results: queue.Queue = queue.Queue(maxsize=RESULT_QUEUE)
+        self._outputs: queue.Queue = queue.Queue(maxsize=OUTPUT_QUEUE)
+        self._stop = threading.Event()
+        self._wake = threading.Event()  # set when the writer is finished or a stage failed
+        self._lock = threading.Lock()
+        self._tasks: Iterator[SlideTask] = iter(())
+        self._error: BaseException | None = None
+        self._done: list[SlideTask] = []
+        self._skipped: list[tuple[SlideTask, str]] = []
+        self._started = False
+        self.timer = StageTimer()
+
+    # -- running ---------------------------------------------------------------------------------
+    def run(self, tasks: Sequence[SlideTask]) -> PipelineResult:
+        """Process ``tasks``; returns when every slide is written or skipped.
+
+        Raises:
+            KeyboardInterrupt: after stopping every thread, when interrupted.
+            Exception: the first error a stage raised (other than ImageReadError), after
+                stopping every thread.
+        """
+        if self._started:
+            raise RuntimeError("a Pipeline runs once; create a new one")
+        self._started = True
+        self._tasks = iter(list(tasks))
+        start = time.perf_counter()
+        stages = [(f"read-{i}", self._read_loop) for i in range(self._readers)]
+        stages += [("infer", self._batch_loop), ("stitch", self._stitch_loop), ("write", self._write_loop)]
+        threads = [threading.Thread(target=self._guard, args=(body,), name=f"flexunet-{name}", daemon=True)
+                   for name, body in stages]
+        for thread in threads:
+            thread.start()
+        try:
+            while not self._wake.wait(POLL):
+                pass
+        except BaseException:  # KeyboardInterrupt (or another async exception) in this thread
+            self._shutdown(threads)
+            raise
+        if self._error is not None:
+            self._shutdown(threads)
+            raise self._error
+        self._join(threads)
+        return PipelineResult(
+            done=[t.path for t in sorted(self._done, key=lambda t: t.index)],
+            skipped=[(t.path, reason) for t, reason in sorted(self._skipped, key=lambda s: s[0].index)],
+            stage_seconds=self.timer.seconds(),
+            wall_seconds=time.perf_counter() - start,
+        )
+
+    def _shutdown(self, threads: list[threading.Thread]) -> None:
+        self._stop.set()
+        self._backend.interrupt()
+        self._join(threads)
+
+    @staticmethod
+    def _join(threads: list[threading.Thread]) -> None:
+        deadline = time.monotonic() + JOIN_TIMEOUT
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        busy = [t.name for t in threads if t.is_alive()]
+        if busy:
+            log.warning(f"pipeline threads still busy after {JOIN_TIMEOUT:.0f} s: {', '.join(busy)}; "
+                        "they stop after their current step")
+
+    def _guard(self, body: Callable[[], None]) -> None:
+        """Run one stage; record its first error and stop the others."""
+        try:
+            body()
+        except _Stopped:
+            pass
+        except BaseException as exc:  # noqa: BLE001 -- re-raised by run() in the caller's thread
+            with self._lock:
+                if self._error is None and not self._stop.is_set():
+                    self._error = exc
+            self._stop.set()
+            self._wake.set()
+
+    # -- waiting without hanging -------------------------------------------------------------------
+    def _check(self) -> None:
+        if self._stop.is_set():
+            raise _Stopped
+
+    def _put(self, q: queue.Queue, item: Any) -> None:
+        while True:
+            self._check()
+            try:
+                q.put(item, timeout=POLL)
+                return
+            except queue.Full:
+                pass
+
+    def _get(self, q: queue.Queue) -> Any:
+        while True:
+            self._check()
+            try:
+                return q.get(timeout=POLL)
+            except queue.Empty:
+                pass
+
+    def _take_slot(self) -> None:
+        while not self._slots.acquire(timeout=POLL):
+            self._check()
+
+    def _slide_finished(self, task: SlideTask, status: str, reason: str | None = None) -> None:
+        """Record a written or skipped slide, report it, and give its slot back."""
+        try:
+            with self._lock:
+                if status == "done":
+                    self._done.append(task)
+                else:
+                    self._skipped.append((task, reason))
+                if self._on_slide is not None:
+                    self._on_slide(status, task, reason)
+        finally:
+            self._slots.release()
+
+    # -- stages ------------------------------------------------------------------------------------
+    def _read_loop(self) -> None:
+        while True:
+            self._take_slot()
+            with self._lock:
+                task = next(self._tasks, None)
+            if task is None:
+                self._slots.release()
+                break
+            try:
+                with self.timer("decode"):
+                    image = self._read(task.path)
+            except ImageReadError as exc:
+                self._slide_finished(task, "skipped", str(exc))
+                continue
+            with self.timer("preprocess"):
+                slide = _Slide(task, image, self._prepare(image), self._layout)
+            self._put(self._jobs, slide)
+        self._put(self._jobs, _END)
+
+    def _batch_loop(self) -> None:
+        pending: list[tuple[_Slide, int]] = []
+        ended = 0
+        while ended < self._readers:
+            slide = self._get(self._jobs)
+            if slide is _END:
+                ended += 1
+                continue
+            for i in range(len(slide.corners)):
+                if pending and pending[0][0].tile != slide.tile:
+                    self._infer(pending)
+                    pending = []
+                pending.append((slide, i))
+                if len(pending) == self._batch_size:
+                    self._infer(pending)
+                    pending = []
+        if pending:
+            self._infer(pending)
+        self._put(self._results, _END)
+
+    def _infer(self, refs: list[tuple[_Slide, int]]) -> None:
+        """Predict one batch of tiles (of one or more slides) and pass it to the stitcher."""
+        with self.timer("batch"):
+            first = refs[0][0]
+            batch = np.empty((len(refs), *first.tile, first.padded.shape[2]), dtype=np.float32)
+            for k, (slide, i) in enumerate(refs):
+                batch[k] = slide.tile_input(i)
+                if i == len(slide.corners) - 1:
+                    slide.padded = None  # every tile is batched: free the input
+        self._check()
+        with self.timer("inference"):
+            preds = self._backend.predict(batch)
+        if preds.ndim != 4 or preds.shape[:3] != batch.shape[:3]:
+            raise ModelError(f"{self._backend.name}: output of shape {preds.shape} for an input batch "
+                             f"of shape {batch.shape}; expected N x H x W x classes probabilities")
+        self._put(self._results, (preds, refs))
+
+    def _stitch_loop(self) -> None:
+        while True:
+            item = self._get(self._results)
+            if item is _END:
+                break
+            preds, refs = item
+            for pred, (slide, i) in zip(preds, refs):
+                with self.timer("blend"):
+                    slide.add(pred, i)
+                    probs = slide.probabilities() if slide.remaining == 0 else None
+                if probs is not None:
+                    with self.timer("post"):
+                        product = self._finish(slide.task, slide.image, probs)
+                    self._put(self._outputs, (slide.task, product))
+        self._put(self._outputs, _END)
+
+    def _write_loop(self) -> None:
+        while True:
+            item = self._get(self._outputs)
+            if item is _END:
+                break
+            task, product = item
+            with self.timer("write"):
+                self._write(task, product)
+            self._slide_finished(task, "done")
+        self._wake.set()
