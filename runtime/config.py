@@ -124,9 +124,14 @@ def _read_sections(path: Path) -> dict[str, dict[str, _RawValue]]:
 def _strip_inline_comment(value: str) -> str:
     """Drop a trailing ``; comment`` (preceded by whitespace) outside quotes."""
     quote = None
+    escaped = False
     for i, ch in enumerate(value):
         if quote:
-            if ch == quote:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == quote:
                 quote = None
         elif ch in "\"'":
             quote = ch
@@ -139,8 +144,9 @@ def _parse_literal(raw: _RawValue) -> Any:
     text = raw.text
     if text == "":
         return _Unparsable(text, raw.line, "empty value")
-    if text in SYMBOLS:
-        return text
+    bare = text.split("#", 1)[0].strip()  # a symbol may carry a trailing '# comment'
+    if bare in SYMBOLS:
+        return bare
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as exc:
@@ -476,7 +482,7 @@ def _warn(config_path: Path, section: str, key: str, bad: _Unparsable, default: 
     msg = (f"{config_path}:{bad.line}: [{section}] {key} = {bad.text!r}: {bad.reason}; "
            f"using the default {default!r}")
     sink.append(msg)
-    ident = (str(config_path), section, key, bad.line)
+    ident = (str(config_path.resolve()), section, key, bad.line)
     if ident not in _warned:
         _warned.add(ident)
         log.warning(msg)
@@ -563,8 +569,8 @@ def load_config(path: str | os.PathLike, data_root: str | os.PathLike | None = N
 
     sink: list[str] = []
     if "eval" in raw and "valid" in raw:
-        sink.append(f"{config_path}: both [eval] and [valid] present; using [eval]")
-        log.warning(sink[-1])
+        _warn(config_path, "valid", "*", _Unparsable("", 0, "both [eval] and [valid] present"),
+              "[eval]", sink)
     eval_name = "eval" if "eval" in raw or "valid" not in raw else "valid"
 
     built = {}
@@ -593,9 +599,11 @@ def _check_consistency(cfg: Config) -> None:
     elif m.num_classes > 1:
         raise cfg.error("mask", "rgb_map", f"num_classes = {m.num_classes} needs an rgb_map "
                         "{(r,g,b): class, ...} to read categorised masks")
-    if cfg.mask.class_names is not None and len(cfg.mask.class_names) != m.num_classes:
-        raise cfg.error("mask", "class_names", f"{len(cfg.mask.class_names)} names for "
-                        f"num_classes = {m.num_classes}")
+    if cfg.mask.class_names is not None:
+        n = len(cfg.mask.class_names)
+        # one class: either the foreground's name, or background and foreground
+        if n != m.num_classes and not (m.num_classes == 1 and n == 2):
+            raise cfg.error("mask", "class_names", f"{n} names for num_classes = {m.num_classes}")
 
 
 def class_colors(cfg: Config) -> list[tuple[int, int, int]]:
@@ -609,8 +617,9 @@ def class_colors(cfg: Config) -> list[tuple[int, int, int]]:
 
 
 def class_names(cfg: Config) -> list[str]:
-    if cfg.mask.class_names:
-        return list(cfg.mask.class_names)
+    names = list(cfg.mask.class_names or [])
     if cfg.model.num_classes == 1:
-        return ["background", "foreground"]
+        return names if len(names) == 2 else ["background", names[0] if names else "foreground"]
+    if names:
+        return names
     return ["background"] + [f"class_{i}" for i in range(1, cfg.model.num_classes)]

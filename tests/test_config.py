@@ -167,11 +167,6 @@ def test_unparsable_unused_key_is_kept_without_warning(tmp_path, caplog):
     assert "shrinks" in cfg.raw["generator"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "runtime/config.py line 479 (_warn): the warned identity uses str(config_path) where config_path is "
-    "Path(path).expanduser().absolute() (line 555, load_config), which does not normalise '..' or symlinks; "
-    "the same file loaded as 'dir/sub/../train_eval_infer.config' and 'dir/train_eval_infer.config' "
-    "warns twice"))
 def test_same_file_through_other_spelling_warns_once(tmp_path, caplog):
     path = write(tmp_path / "proj", SMALL_MODEL + "generator = Flase\n", dedent=False)
     (tmp_path / "proj" / "sub").mkdir()
@@ -383,19 +378,11 @@ def test_bom_and_crlf(tmp_path):
     assert cfg.model.num_layers == 3
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "runtime/config.py _strip_inline_comment() lines 127-131: the quote tracker ignores backslash "
-    "escapes, so in 'loss = \"a \\\" ; b\"' the escaped quote closes the string and ' ; b\"' is cut "
-    "as a comment; the value (a valid Python literal) becomes unparsable and takes the default"))
 def test_inline_comment_stripper_respects_escaped_quotes(tmp_path):
     path = write(tmp_path, SMALL_MODEL + 'loss = "a \\" ; b"\n', dedent=False)
     assert load_config(path).model.loss == 'a " ; b'
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "runtime/config.py _parse_literal() line 142: a symbolic name is only recognised when the "
-    "whole text equals it, so 'color_converter = cv2.COLOR_BGR2HSV  # hsv' is unparsable (warning, "
-    "default None) although '# ...' comments work after every literal value and ' ; hsv' works"))
 def test_hash_comment_after_symbolic_name(tmp_path):
     path = write(tmp_path, "[image]\ncolor_converter = cv2.COLOR_BGR2HSV  # hsv\n", dedent=False)
     assert load_config(path).image.color_converter == "COLOR_BGR2HSV"
@@ -677,12 +664,6 @@ def test_class_colors_and_names_binary(tmp_path):
     assert class_colors(cfg) == [(1, 2, 3), (255, 128, 0)]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "runtime/config.py _check_consistency() line 596 requires len(class_names) == num_classes, "
-    "but class_names()/class_colors() describe a binary model with 2 classes (background, "
-    "foreground): [mask] class_names = [\"background\", \"nucleus\"] with num_classes = 1 raises "
-    "ConfigError '2 names for num_classes = 1', and the only accepted form ([\"nucleus\"]) makes "
-    "class_names(cfg) return 1 name while class_colors(cfg) returns 2"))
 def test_binary_class_names_match_class_colors(tmp_path):
     cfg = load_config(write(tmp_path, '[mask]\nclass_names = ["background", "nucleus"]\n'))
     assert class_names(cfg) == ["background", "nucleus"]

@@ -59,8 +59,8 @@ def synth_cmd(out, kind, n_train, n_valid, n_test, size, seed):
 @handle_errors
 def summary_cmd(config):
     """Print the UNet a CONFIG describes (layer table) and its parameter count."""
-    import_tensorflow_quietly()
     cfg = load_config(config)
+    import_tensorflow_quietly()
     from .trainer import build_model
 
     model = build_model(cfg)
@@ -79,8 +79,8 @@ def train_cmd(config, data_root, epochs):
     Writes <model_dir>/best_model.keras, <eval_dir>/train_metrics.csv, train_losses.csv and their
     PNG plots. Ctrl-C stops cleanly and keeps the best model.
     """
-    import_tensorflow_quietly()
     cfg = load_config(config, data_root=data_root)
+    import_tensorflow_quietly()
     from .trainer import train
 
     result = train(cfg, epochs=epochs)
@@ -99,8 +99,8 @@ def train_cmd(config, data_root, epochs):
 @handle_errors
 def evaluate_cmd(config, data_root, model_path):
     """Evaluate the trained model on CONFIG's [test] split; writes evaluation.csv beside CONFIG."""
-    import_tensorflow_quietly()
     cfg = load_config(config, data_root=data_root)
+    import_tensorflow_quietly()
     from .evaluate import evaluate
 
     ev = evaluate(cfg, model_path)

@@ -6,6 +6,7 @@ Keras loss/metric), followed by the mask dice computed with :mod:`runtime.metric
 """
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,8 @@ def load_keras_model(path: Path):
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: no such model file (train first, or pass --model)")
+    if not zipfile.is_zipfile(path):
+        raise ModelError(f"{path}: cannot load model: not a Keras archive (corrupt or wrong format)")
     try:
         return keras.models.load_model(path, compile=True)
     except Exception as exc:  # Keras raises many types for corrupt archives

@@ -35,6 +35,7 @@ import numpy as np
 
 from ..errors import FlexunetError, MissingDependencyError, ModelError
 from ..modelinfo import ModelInfo
+from .base import Backend
 
 log = logging.getLogger("flexunet.tensorrt")
 
@@ -323,7 +324,7 @@ class _Slot:
         self.rows = 0
 
 
-class TensorRTBackend:
+class TensorRTBackend(Backend):
     """Run a flexunet TensorRT engine: ``predict((N, H, W, C) float32) -> (N, H, W, K) float32``.
 
     Attributes:
@@ -333,19 +334,22 @@ class TensorRTBackend:
             split into chunks of ``max_batch`` (pipelined, see the module docstring).
         fixed_size: ``(H, W)`` when the profile fixes the spatial size (always, for engines built
             by flexunet), else None.
-        engine_path, device, sidecar: where the engine came from and what its sidecar says.
+        path (also ``engine_path``), device, sidecar: the engine file, the CUDA device, and what
+            the engine's sidecar says.
 
     Use as a context manager, or call :meth:`close`.  ``predict`` may be called from any thread
-    (calls are serialised).
+    (calls are serialised); :meth:`interrupt` stops one in progress between chunks.
     """
 
     name = "tensorrt"
 
     def __init__(self, engine_path: str | Path, device: int = 0):
-        self.engine_path = Path(engine_path)
+        self.engine_path = self.path = Path(engine_path)
         self.device = int(device)
         self._closed = True  # until resources exist
         self._lock = threading.Lock()
+        self._busy = False
+        self._interrupted = False
         self._slots: list[_Slot] = []
         self._copy_stream = self._compute_stream = None
         self._context = self._engine = self._runtime = None
@@ -490,18 +494,38 @@ class TensorRTBackend:
         with self._lock:
             if self._closed:
                 raise FlexunetError(f"{self.engine_path}: the TensorRT backend is closed")
-            cuda_call(cudart().cudaSetDevice(self.device), "cudaSetDevice")  # per thread
-            out = None
-            pending: deque[tuple[_Slot, int]] = deque()
-            for i, start in enumerate(range(0, n, self.max_batch)):
-                slot = self._slots[i % 2]
-                if len(pending) == 2:  # this slot's previous chunk must be collected first
+            self._busy, self._interrupted = True, False
+            try:
+                cuda_call(cudart().cudaSetDevice(self.device), "cudaSetDevice")  # per thread
+                out = None
+                pending: deque[tuple[_Slot, int]] = deque()
+                for i, start in enumerate(range(0, n, self.max_batch)):
+                    if self._interrupted:
+                        raise FlexunetError(f"{self.engine_path}: TensorRT inference interrupted")
+                    slot = self._slots[i % 2]
+                    if len(pending) == 2:  # this slot's previous chunk must be collected first
+                        out = self._collect(*pending.popleft(), out, n)
+                    self._enqueue(slot, x[start:start + self.max_batch])
+                    pending.append((slot, start))
+                while pending:
                     out = self._collect(*pending.popleft(), out, n)
-                self._enqueue(slot, x[start:start + self.max_batch])
-                pending.append((slot, start))
-            while pending:
-                out = self._collect(*pending.popleft(), out, n)
+            except BaseException:
+                self._synchronize()  # leave no copy in flight into buffers the next call reuses
+                raise
+            finally:
+                self._busy = False
         return out
+
+    def interrupt(self) -> None:
+        """Make a ``predict`` running in another thread stop before its next chunk (it raises)."""
+        if self._busy:
+            self._interrupted = True
+
+    def _synchronize(self) -> None:
+        rt = cudart()
+        for stream in (self._copy_stream, self._compute_stream):
+            if stream is not None:
+                rt.cudaStreamSynchronize(stream)
 
     def _max_out_channels(self) -> int:
         return int(self._context.get_tensor_shape(self._out_name)[3])
@@ -513,9 +537,7 @@ class TensorRTBackend:
             return
         self._closed = True
         rt = cudart()
-        for stream in (self._copy_stream, self._compute_stream):
-            if stream is not None:
-                rt.cudaStreamSynchronize(stream)
+        self._synchronize()
         for s in self._slots:
             for ev in (s.h2d_done, s.d2h_done):
                 if ev is not None:
@@ -537,17 +559,14 @@ class TensorRTBackend:
         self._engine = None
         self._runtime = None
 
-    def __enter__(self) -> "TensorRTBackend":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     def __del__(self):
         try:
             self.close()
         except Exception:
             pass
 
-    def __repr__(self) -> str:
-        return f"TensorRTBackend({str(self.engine_path)!r}, device={self.device})"
+
+def load(path: Path, device: int = 0) -> TensorRTBackend:
+    """A :class:`TensorRTBackend` for the engine at ``path`` (what :func:`runtime.backends.load_backend`
+    calls for ``.engine`` / ``.plan`` files)."""
+    return TensorRTBackend(path, device=device)
