@@ -432,13 +432,21 @@ def export_tf2onnx_large(model, path, opset=17, dynamic_batch=True, progress=Non
     return path
 
 
-def export_tf2onnx_staged(model, path, opset=17, dynamic_batch=True, progress=None):
+def export_tf2onnx_staged(model, path, opset=17, dynamic_batch=True, progress=None,
+                          collect_garbage=False):
     """Baseline split into its internal steps (tf2onnx 1.17 ``from_keras``, TF 2.x path).
 
     Mirrors ``tf2onnx.convert.from_keras`` -> ``tf_loader.from_trackable`` ->
     ``tf_loader.from_function`` -> ``convert._convert_common`` -> ``tfonnx.process_tf_graph``
-    and keeps alive what they keep alive, so the peak matches the one-call baseline.
+    -> ``optimizer.optimize_graph`` (one stage per optimizer pass, with its ``copy.deepcopy`` of
+    the graph) and keeps alive what they keep alive, so the peak matches the one-call baseline.
+    With ``collect_garbage`` a full ``gc.collect()`` ends every stage: the difference shows how
+    much of the peak is unreachable reference cycles (TF FuncGraphs, tf2onnx Graph copies)
+    waiting for Python's cyclic collector.
     """
+    import copy
+    import gc
+
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
     from tf2onnx import optimizer, tf_loader, tfonnx, utils
@@ -447,7 +455,15 @@ def export_tf2onnx_staged(model, path, opset=17, dynamic_batch=True, progress=No
     from tf2onnx.shape_inference import infer_shape
     from tf2onnx.tf_utils import compute_const_folding_using_tf, tensorflow_to_onnx
 
-    stage = progress or (lambda name: contextlib.nullcontext())
+    outer = progress or (lambda name: contextlib.nullcontext())
+
+    @contextlib.contextmanager
+    def stage(name):
+        with outer(name):
+            yield
+            if collect_garbage:
+                gc.collect()
+
     spec = (tf.TensorSpec((None if dynamic_batch else 1,) + tuple(model.inputs[0].shape[1:]),
                           tf.float32, name="image"),)
     with stage("trace (tf.function)"):
@@ -495,8 +511,23 @@ def export_tf2onnx_staged(model, path, opset=17, dynamic_batch=True, progress=No
                 g = tfonnx.process_graphs(main_g, [], None, [], [], True, None, {},
                                           tensors_to_rename)
                 del main_g
-            with stage("optimizer.optimize_graph"):
-                g = optimizer.optimize_graph(g, True, optimizers=None)
+            # optimizer.optimize_graph(g, catch_errors=True), one stage per optimizer pass
+            continue_flag, iteration = True, 0
+            while continue_flag:
+                continue_flag = False
+                for name, factory in optimizer._get_optimizers().items():
+                    with stage(f"optimize_graph #{iteration}: {name}"):
+                        try:
+                            current = copy.deepcopy(g)
+                            opt = factory()
+                            g = opt.optimize(current, iteration) or g
+                            continue_flag = continue_flag or opt.graph_been_opt
+                        except Exception:  # pylint: disable=broad-except
+                            pass
+                iteration += 1
+            del current
+            with stage("optimize_graph: topological_sort"):
+                g.topological_sort(g.get_nodes())
             with stage("make_model"):
                 model_proto = g.make_model(f"converted from {model.name}",
                                            external_tensor_storage=None)
@@ -510,9 +541,16 @@ def export_tf2onnx_staged(model, path, opset=17, dynamic_batch=True, progress=No
     return path
 
 
+def export_tf2onnx_staged_gc(model, path, opset=17, dynamic_batch=True, progress=None):
+    """``export_tf2onnx_staged`` with a full garbage collection at the end of every stage."""
+    return export_tf2onnx_staged(model, path, opset, dynamic_batch, progress,
+                                 collect_garbage=True)
+
+
 EXPORTERS = {
     "tf2onnx": export_tf2onnx,
     "tf2onnx-staged": export_tf2onnx_staged,
+    "tf2onnx-staged-gc": export_tf2onnx_staged_gc,
     "tf2onnx-large": export_tf2onnx_large,
     "fixed": None,  # export_keras_to_onnx, wired in _worker
 }

@@ -93,6 +93,8 @@ def run_export(model_path: Path, opts: ExportOptions) -> dict:
     t_start = time.perf_counter()
     model_path = Path(model_path)
     out = Path(opts.out_dir)
+    if not model_path.is_file():
+        raise ModelError(f"{model_path}: no such model file")
     if opts.trt:
         from .tensorrt import check_available
 

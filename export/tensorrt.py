@@ -15,8 +15,9 @@ INT8 comes two ways:
   TensorRT 10 recommends): built with the INT8 flag and no calibrator;
 * otherwise (implicit quantisation, deprecated in TensorRT 10 but supported): an
   ``IInt8EntropyCalibrator2`` fed from ``calibration_tiles``; its cache is written to
-  ``calibration_cache`` and read back by later builds, which then skip calibration.  The cache
-  belongs to one model and one calibration set: delete it when either changes.
+  ``calibration_cache`` and read back by later builds, which then skip calibration.  A cache
+  belongs to one model and one calibration set: ``<cache>.json`` records the ONNX file's and the
+  tiles' sha256, and a cache made for another model or other tiles is ignored (recalibrated).
 
 A tactic timing cache (``timing_cache``) is loaded when present and saved after each build, so
 rebuilds of the same or similar networks on the same GPU are faster.
@@ -59,7 +60,7 @@ from runtime.modelinfo import ModelInfo
 __all__ = [
     "PRECISIONS", "build_engine", "check_available", "load_engine_checked", "compatibility_problem",
     "sidecar_path", "current_platform", "validate_settings", "profile_shapes", "calibration_batches",
-    "calibration_batch_size", "has_qdq_nodes",
+    "calibration_batch_size", "calibration_cache_matches", "has_qdq_nodes",
 ]
 
 log = logging.getLogger("flexunet.tensorrt")
@@ -157,6 +158,25 @@ def calibration_batches(tiles: np.ndarray, batch_size: int) -> Iterator[np.ndarr
     return gen()
 
 
+def calibration_cache_matches(meta: dict | None, onnx_sha256: str, tiles_sha256: str | None = None) -> bool:
+    """Whether a calibration cache described by ``meta`` (its ``<cache>.json``) was made for this
+    ONNX file and, when tiles are given, for these tiles."""
+    if not isinstance(meta, dict) or meta.get("onnx_sha256") != onnx_sha256:
+        return False
+    return tiles_sha256 is None or meta.get("tiles_sha256") == tiles_sha256
+
+
+def tiles_sha256(tiles: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(tiles, dtype=np.float32).tobytes()).hexdigest()
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 def _graph_nodes(graph):
     for node in graph.node:
         yield node
@@ -229,8 +249,10 @@ def _configure_precision(trt, builder, config, precision: str, gpu: str) -> list
     return flags
 
 
-def _make_calibrator(trt, tiles: np.ndarray | None, batch_size: int, cache_path: Path | None):
-    """An IInt8EntropyCalibrator2 feeding ``tiles`` in batches through one device buffer."""
+def _make_calibrator(trt, tiles: np.ndarray | None, batch_size: int, cache_path: Path | None,
+                     use_cache: bool):
+    """An IInt8EntropyCalibrator2 feeding ``tiles`` in batches through one device buffer; it offers
+    TensorRT the cache file only when ``use_cache`` and writes the new cache there."""
     if not hasattr(trt, "IInt8EntropyCalibrator2"):
         raise MissingDependencyError(
             f"TensorRT {trt.__version__} has no INT8 calibrator (removed in TensorRT 11); build from a "
@@ -245,6 +267,7 @@ def _make_calibrator(trt, tiles: np.ndarray | None, batch_size: int, cache_path:
             self.batches = calibration_batches(tiles, batch_size) if tiles is not None else iter(())
             self.fed = 0
             self.cache_hit = False
+            self.wrote_cache = False
             self.error: BaseException | None = None
             self.device_ptr = None
             if tiles is not None:
@@ -270,7 +293,7 @@ def _make_calibrator(trt, tiles: np.ndarray | None, batch_size: int, cache_path:
 
         def read_calibration_cache(self):
             p = self.cache_path
-            if p is not None and p.is_file() and p.stat().st_size > 0:
+            if use_cache and p is not None and p.is_file() and p.stat().st_size > 0:
                 self.cache_hit = True
                 log.info(f"INT8 calibration cache reused: {p}")
                 return p.read_bytes()
@@ -281,6 +304,7 @@ def _make_calibrator(trt, tiles: np.ndarray | None, batch_size: int, cache_path:
                 return
             try:
                 write_bytes(self.cache_path, bytes(cache))
+                self.wrote_cache = True
             except BaseException as exc:
                 self.error = exc
 
@@ -382,10 +406,15 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, precision: str 
     onnx_sha = file_sha256(onnx_path)
     del model
     calibrate = precision == "int8" and not qdq
-    have_cache = calib_cache is not None and calib_cache.is_file() and calib_cache.stat().st_size > 0
-    if calibrate and calibration_tiles is None and not have_cache:
-        raise FlexunetError(f"{onnx_path}: an INT8 engine needs calibration tiles (calibration images) or an "
-                            "existing calibration cache, or a Q/DQ-quantised ONNX")
+    cache_meta = Path(str(calib_cache) + ".json") if calib_cache else None
+    tiles_sha = tiles_sha256(calibration_tiles) if calibrate and calibration_tiles is not None else None
+    use_cache = (calibrate and calib_cache is not None and calib_cache.is_file() and calib_cache.stat().st_size > 0
+                 and calibration_cache_matches(_read_json(cache_meta), onnx_sha, tiles_sha))
+    if calibrate and calib_cache is not None and calib_cache.is_file() and not use_cache:
+        log.info(f"{calib_cache}: calibration cache made for another model or other tiles; not used")
+    if calibrate and calibration_tiles is None and not use_cache:
+        raise FlexunetError(f"{onnx_path}: an INT8 engine needs calibration tiles (calibration images), a "
+                            "calibration cache made for this model, or a Q/DQ-quantised ONNX")
 
     trt = import_tensorrt()
     cuda_call(cudart().cudaSetDevice(device), "cudaSetDevice")
@@ -407,6 +436,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, precision: str 
     profile.set_shape(inp.name, shapes["min"], shapes["opt"], shapes["max"])
     config.add_optimization_profile(profile)
     flags = _configure_precision(trt, builder, config, precision, platform["gpu_name"])
+    timing_loaded = _use_timing_cache(config, timing_path)
 
     calibrator = None
     calibration = None
@@ -423,11 +453,10 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, precision: str 
         calib_shape = (batch,) + tuple(shapes["opt"][1:])
         calib_profile = builder.create_optimization_profile()
         calib_profile.set_shape(inp.name, calib_shape, calib_shape, calib_shape)
-        calibrator = _make_calibrator(trt, tiles, batch, calib_cache)
+        calibrator = _make_calibrator(trt, tiles, batch, calib_cache, use_cache)
         config.int8_calibrator = calibrator
         config.set_calibration_profile(calib_profile)  # TensorRT calibrates with one fixed shape
 
-    timing_loaded = _use_timing_cache(config, timing_path)
     try:
         t0 = time.perf_counter()
         serialized = builder.build_serialized_network(network, config)
@@ -435,6 +464,8 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, precision: str 
         if calibrator is not None:
             if calibrator.error is not None:
                 raise FlexunetError(f"{onnx_path}: INT8 calibration failed ({calibrator.error})")
+            if calibrator.wrote_cache:
+                write_text(cache_meta, json.dumps({"onnx_sha256": onnx_sha, "tiles_sha256": tiles_sha}) + "\n")
             calibration = {"cache": str(calib_cache) if calib_cache else None, "cache_hit": calibrator.cache_hit,
                            "batches": calibrator.fed, "batch_size": calibrator.batch_size,
                            "tiles": int(len(tiles)) if tiles is not None else 0}

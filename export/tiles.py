@@ -51,10 +51,9 @@ def tiles_from_images(paths: list[Path], info: ModelInfo, count: int, seed: int 
 def calibration_tiles(folder: Path, info: ModelInfo, count: int, seed: int = 0) -> np.ndarray:
     """Tiles for INT8 calibration from a folder of images."""
     folder = Path(folder)
-    try:
-        paths = expand_inputs([folder])
-    except FlexunetError:
-        raise FlexunetError(f"{folder}: calibration folder does not exist") from None
+    if not folder.is_dir():
+        raise FlexunetError(f"{folder}: calibration folder does not exist")
+    paths = expand_inputs([folder])
     if not paths:
         raise FlexunetError(f"{folder}: no images (jpg, png, tif, bmp) for calibration")
     try:

@@ -24,6 +24,7 @@ from export.tensorrt import (
     build_engine,
     calibration_batch_size,
     calibration_batches,
+    calibration_cache_matches,
     check_available,
     compatibility_problem,
     has_qdq_nodes,
@@ -168,6 +169,18 @@ def test_backend_without_tensorrt_says_why(tmp_path):
     assert str(exc.value) == reason
 
 
+def test_load_backend_routes_engines_to_this_backend(tmp_path):
+    from runtime.backends import Backend, load_backend
+
+    assert issubclass(TensorRTBackend, Backend) and TensorRTBackend.name == "tensorrt"
+    reason = check_available()
+    if reason is None:
+        pytest.skip("TensorRT and a CUDA GPU are usable here")
+    engine = fake_engine(tmp_path)
+    with pytest.raises(MissingDependencyError, match="TensorRT|GPU|cuda"):
+        load_backend(engine)
+
+
 def test_build_engine_checks_settings_and_file_before_anything_else(tmp_path):
     with pytest.raises(FlexunetError, match="precision"):
         build_engine(tmp_path / "missing.onnx", tmp_path / "e.engine", precision="int4")
@@ -241,6 +254,15 @@ def test_calibration_batch_size():
     assert calibration_batch_size(3, 2, 4, 8) == 3
     with pytest.raises(FlexunetError, match="minimum batch"):
         calibration_batch_size(1, 2, 4, 8)
+
+
+def test_calibration_cache_matches_only_its_model_and_tiles():
+    meta = {"onnx_sha256": "a" * 64, "tiles_sha256": "b" * 64}
+    assert calibration_cache_matches(meta, "a" * 64, "b" * 64)
+    assert calibration_cache_matches(meta, "a" * 64)  # rebuilding from the cache alone
+    assert not calibration_cache_matches(meta, "c" * 64, "b" * 64)  # another model
+    assert not calibration_cache_matches(meta, "a" * 64, "c" * 64)  # other tiles
+    assert not calibration_cache_matches(None, "a" * 64)  # no <cache>.json: unknown origin
 
 
 def test_has_qdq_nodes():
@@ -354,6 +376,10 @@ def test_fp32_engine_matches_onnxruntime(tmp_path, trt_ready):
 
     x = tiles(7)  # 4 + 3: two chunks through both buffer slots
     expected = ort_predict(onnx_path, x)
+    from runtime.backends import load_backend
+
+    with load_backend(engine) as backend:  # .engine files go to this backend
+        assert isinstance(backend, TensorRTBackend) and backend.accepts(TILE, TILE)
     with TensorRTBackend(engine) as backend:
         assert backend.name == "tensorrt" and backend.max_batch == 4 and backend.fixed_size == (TILE, TILE)
         assert backend.info.num_classes == 1 and backend.info.precision == "fp32"
@@ -401,6 +427,11 @@ def test_int8_calibration_cache_is_written_then_reused(tmp_path, trt_ready):
     third = build_engine(onnx_path, tmp_path / "c.int8.engine", precision="int8", max_batch=4,
                          calibration_cache=cache, workspace_gb=1)
     assert third["build"]["calibration"]["cache_hit"] is True
+    # a retrained model (other weights) is recalibrated rather than given this cache
+    other, _ = save_tiny_onnx(tmp_path, name="other.onnx", seed=7)
+    fourth = build_engine(other, tmp_path / "d.int8.engine", precision="int8", max_batch=4,
+                          calibration_tiles=tiles(16, seed=3), calibration_cache=cache, workspace_gb=1)
+    assert fourth["build"]["calibration"]["cache_hit"] is False and fourth["build"]["calibration"]["batches"] == 4
     x = tiles(4, seed=4)
     with TensorRTBackend(tmp_path / "b.int8.engine") as backend:
         got = backend.predict(x)

@@ -409,6 +409,7 @@ class TensorRTBackend(Backend):
         if len(out_max) != 4 or min(out_max) < 1:
             raise ModelError(f"{self.engine_path}: output {self._out_name} has shape {out_max}; expected NHWK")
         in_count, out_count = math.prod(hi), math.prod(out_max)
+        self._out_channels = out_max[3]
 
         self._copy_stream = cuda_call(rt.cudaStreamCreateWithFlags(rt.cudaStreamNonBlocking), "cudaStreamCreate")
         self._compute_stream = cuda_call(rt.cudaStreamCreateWithFlags(rt.cudaStreamNonBlocking), "cudaStreamCreate")
@@ -487,12 +488,14 @@ class TensorRTBackend(Backend):
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities ``(N, H, W, K)`` float32 for a ``(N, H, W, C)`` batch (a new array)."""
+        if self._closed:
+            raise FlexunetError(f"{self.engine_path}: the TensorRT backend is closed")
         x = self._check_batch(batch)
         n = x.shape[0]
         if n == 0:
-            return np.empty((0,) + x.shape[1:3] + (self._max_out_channels(),), dtype=np.float32)
+            return np.empty((0,) + x.shape[1:3] + (self._out_channels,), dtype=np.float32)
         with self._lock:
-            if self._closed:
+            if self._closed:  # closed while waiting for the lock
                 raise FlexunetError(f"{self.engine_path}: the TensorRT backend is closed")
             self._busy, self._interrupted = True, False
             try:
@@ -526,9 +529,6 @@ class TensorRTBackend(Backend):
         for stream in (self._copy_stream, self._compute_stream):
             if stream is not None:
                 rt.cudaStreamSynchronize(stream)
-
-    def _max_out_channels(self) -> int:
-        return int(self._context.get_tensor_shape(self._out_name)[3])
 
     # -- teardown --------------------------------------------------------------------------------
     def close(self) -> None:

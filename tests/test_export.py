@@ -1,0 +1,250 @@
+"""Export: binary and multiclass ONNX, metadata round trip, verification, INT8, Triton, atomic writes."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from runtime.cli import cli
+from runtime.config import load_config
+from runtime.errors import VerificationError
+from train.synth import CLASS_COLORS_RGB, make_dataset
+
+CONFIG = """
+[model]
+image_width    = 64
+image_height   = 64
+num_classes    = {classes}
+base_filters   = 6
+base_kernels   = (3,3)
+num_layers     = 3
+dropout_rate   = 0.0
+learning_rate  = 0.005
+loss           = "{loss}"
+metrics        = ["{metric}"]
+
+[train]
+epochs        = 3
+batch_size    = 8
+patience      = 0
+learning_rate_reducer = False
+image_datapath = "./data/train/images"
+mask_datapath  = "./data/train/masks"
+
+[eval]
+image_datapath = "./data/valid/images"
+mask_datapath  = "./data/valid/masks"
+
+[test]
+image_datapath = "./data/test/images"
+mask_datapath  = "./data/test/masks"
+
+[tiledinfer]
+overlapping = 16
+
+[segmentation]
+white = "green"
+{extra}
+"""
+
+pytestmark = pytest.mark.slow
+
+
+def _project(root: Path, kind: str) -> Path:
+    make_dataset(root / "data", kind=kind, size=64, n_train=32, n_valid=8, n_test=8, n_mini=1,
+                 mini_size=(96, 80), seed=5)
+    if kind == "multiclass":
+        rgb = "{" + ", ".join(f"{k}:{v}" for k, v in CLASS_COLORS_RGB.items()) + "}"
+        text = CONFIG.format(classes=4, loss="categorical_crossentropy", metric="dice_coef_multiclass",
+                             extra=f'[mask]\nrgb_map = {rgb}\nclass_names = ["bg", "a", "b", "c"]\n')
+    else:
+        text = CONFIG.format(classes=1, loss="bce_dice_loss", metric="dice_coef", extra="")
+    (root / "train_eval_infer.config").write_text(text)
+    from train.trainer import train
+
+    return train(load_config(root / "train_eval_infer.config")).model_path
+
+
+@pytest.fixture(scope="module")
+def binary_model(tmp_path_factory):
+    return _project(tmp_path_factory.mktemp("binary"), "tiles")
+
+
+@pytest.fixture(scope="module")
+def multiclass_model(tmp_path_factory):
+    return _project(tmp_path_factory.mktemp("multi"), "multiclass")
+
+
+def export(*args):
+    return CliRunner().invoke(cli, ["export", *[str(a) for a in args]])
+
+
+def test_binary_export_verified_with_metadata(binary_model, tmp_path):
+    import onnx
+
+    from export.onnx import read_info
+
+    out = tmp_path / "out"
+    r = export(binary_model, "-o", out, "--optimize", "--triton-repo", tmp_path / "triton")
+    assert r.exit_code == 0, r.output + r.stderr
+    report = json.loads((out / "export_report.json").read_text())
+    a = report["artifacts"]["model.onnx"]["vs_keras"]
+    assert a["max_abs_diff"] <= 1e-4 and a["dice"] >= 0.9999
+    assert report["verification_tiles"]["source"].endswith("test/images")  # real tiles, not synthetic
+    assert report["artifacts"]["model.opt.onnx"]["vs_keras"]["max_abs_diff"] <= 1e-4
+
+    proto = onnx.load(str(out / "model.onnx"))
+    assert proto.opset_import[0].version >= 17
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    assert not dims[0].dim_value and [d.dim_value for d in dims[1:]] == [64, 64, 3]  # dynamic batch, NHWC
+    info = read_info(out / "model.onnx")
+    cfg = load_config(binary_model.parent.parent / "train_eval_infer.config")
+    assert (info.height, info.width, info.channels, info.num_classes) == (64, 64, 3, 1)
+    assert info.tile_size == (64, 64) and info.overlap == 16 and info.multiple == 4
+    assert info.class_colors[1] == (0, 255, 0) and info.threshold == 0.5
+    assert info.source_config == cfg.path.read_text()
+    assert len(info.keras_weights_sha256) == 64 and info.versions["tf2onnx"]
+    assert info.preprocess.channels == 3 and info.preprocess.scale == 1.0
+
+    tri = tmp_path / "triton" / "flexunet_unet"
+    assert (tri / "1" / "model.onnx").is_file()
+    pbtxt = (tri / "config.pbtxt").read_text()
+    for fragment in ('platform: "onnxruntime_onnx"', "max_batch_size: 8", "dynamic_batching",
+                     'name: "image"', 'name: "probabilities"', "dims: [ 64, 64, 3 ]", "dims: [ 64, 64, 1 ]",
+                     "TYPE_FP32"):
+        assert fragment in pbtxt, fragment
+
+
+def test_multiclass_export_and_dynamic_size(multiclass_model, tmp_path):
+    import onnxruntime as ort
+
+    from export.onnx import read_info
+
+    out = tmp_path / "out"
+    r = export(multiclass_model, "-o", out, "--dynamic-size")
+    assert r.exit_code == 0, r.output + r.stderr
+    info = read_info(out / "model.onnx")
+    assert info.num_classes == 4 and info.class_names == ["bg", "a", "b", "c"]
+    assert info.class_colors == [(0, 0, 0)] + [rgb for rgb, _ in sorted(CLASS_COLORS_RGB.items(), key=lambda kv: kv[1])][1:]
+    assert info.height is None and info.multiple == 4
+    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    probs = sess.run(None, {"image": np.random.default_rng(0).uniform(0, 255, (2, 96, 128, 3)).astype(np.float32)})[0]
+    assert probs.shape == (2, 96, 128, 4)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
+
+
+def test_verification_catches_a_damaged_weight(binary_model, tmp_path, monkeypatch):
+    import onnx
+    from onnx import numpy_helper
+
+    from export import onnx as ox
+
+    original = ox.convert
+
+    def damaged(model, dest, info, opset=17):
+        original(model, dest, info, opset)
+        proto = onnx.load(str(dest))
+        init = max(proto.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+        w = numpy_helper.to_array(init).copy()
+        w.flat[: w.size // 10] *= -3.0
+        init.CopyFrom(numpy_helper.from_array(w, init.name))
+        onnx.save(proto, str(dest))
+        return dest
+
+    monkeypatch.setattr(ox, "convert", damaged)
+    out = tmp_path / "out"
+    r = export(binary_model, "-o", out)
+    assert r.exit_code == 1, r.output + r.stderr
+    assert "does not reproduce the Keras model" in r.stderr and "Traceback" not in r.output
+    assert not (out / "model.onnx").exists() and not list(out.glob(".export-*"))  # nothing half-written
+
+
+def test_int8_export_reports_dice_and_refuses_below_limit(binary_model, tmp_path):
+    calib = binary_model.parent.parent / "data" / "train" / "images"
+    out = tmp_path / "out"
+    r = export(binary_model, "-o", out, "--int8", "--calibration-images", calib, "--calibration-count", "16",
+               "--int8-min-dice", "0")
+    assert r.exit_code == 0, r.output + r.stderr
+    a = json.loads((out / "export_report.json").read_text())["artifacts"]["model.int8.onnx"]
+    assert a["calibration"]["tiles"] == 16 and 0.0 <= a["vs_fp32"]["dice"] <= 1.0
+    assert "vs_fp32" in a and a["bytes"] < json.loads((out / "export_report.json").read_text())["artifacts"]["model.onnx"]["bytes"]
+    from export.onnx import read_info
+
+    assert read_info(out / "model.int8.onnx").precision == "int8"
+    # the INT8 model is a QDQ graph
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(out / "model.int8.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+    out2 = tmp_path / "out2"
+    r = export(binary_model, "-o", out2, "--int8", "--calibration-images", calib, "--calibration-count", "4",
+               "--int8-min-dice", "1.0")
+    if r.exit_code != 0:  # dice below 1.0: refused, nothing written
+        assert r.exit_code == 1 and "model.int8.onnx" in r.stderr
+        assert not (out2 / "model.int8.onnx").exists() and not (out2 / "model.onnx").exists()
+
+
+def test_bad_inputs_give_one_line_errors(binary_model, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "broken.png").write_bytes(b"not an image")
+    cases = [
+        ([tmp_path / "missing.keras", "-o", tmp_path / "o1"], "no such model file"),
+        ([binary_model, "-o", tmp_path / "o2", "--int8"], "--calibration-images"),
+        ([binary_model, "-o", tmp_path / "o3", "--int8", "--calibration-images", empty], "no readable images"),
+        ([binary_model, "-o", tmp_path / "o4", "--int8", "--calibration-images", tmp_path / "nope"],
+         "does not exist"),
+    ]
+    corrupt = tmp_path / "corrupt.keras"
+    corrupt.write_bytes(b"PK\x03\x04garbage")
+    cases.append(([corrupt, "-o", tmp_path / "o5", "--config", binary_model.parent / "train_eval_infer.config"],
+                  "cannot load model"))
+    for args, fragment in cases:
+        r = export(*args)
+        assert r.exit_code == 2, (args, r.output, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert lines[-1].startswith("error: ") and fragment in lines[-1], (args, r.stderr)
+        assert "Traceback" not in r.output
+
+
+def test_unwritable_output_folder(binary_model, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        if os.access(ro, os.W_OK):
+            pytest.skip("running as a user who can write anywhere (root): permission bits are not enforced")
+        r = export(binary_model, "-o", ro / "out")
+        assert r.exit_code == 2 and "not writable" in r.stderr
+    finally:
+        ro.chmod(0o700)
+
+
+def test_output_path_that_is_a_file(binary_model, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = export(binary_model, "-o", blocker / "out")
+    assert r.exit_code == 2 and "not writable" in r.stderr and "Traceback" not in r.output
+
+
+def test_trt_without_gpu_says_why(binary_model, tmp_path):
+    from export.tensorrt import check_available
+
+    reason = check_available()
+    if reason is None:
+        pytest.skip("TensorRT and a GPU are available here: the GPU tests in test_tensorrt.py cover --trt")
+    r = export(binary_model, "-o", tmp_path / "out", "--trt", "fp16")
+    assert r.exit_code == 2
+    assert r.stderr.strip().splitlines() == [f"error: --trt fp16: {reason}"]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_verification_error_is_exit_code_1():
+    assert VerificationError("x").exit_code == 1
