@@ -220,3 +220,30 @@ def test_ctrl_c_keeps_best_model(tiles, tmp_path, monkeypatch):
     assert result.model_path.is_file()
     keras.models.load_model(result.model_path)  # complete, loadable
     assert not list(cfg.train.model_dir.glob(".*part*")), "temporary files left behind"
+
+
+def test_large_datasets_stream_instead_of_caching(tiles, monkeypatch):
+    """Over the cache limit the pipeline streams from disk; the batches are the same samples."""
+    cfg = load_config(write_config(tiles))
+    maker = ds.SampleMaker(cfg)
+    pairs = ds.split_pairs(cfg, "test")[:5]
+
+    def stages(data):
+        names = []
+        while data is not None:
+            names.append(type(data).__name__)
+            data = getattr(data, "_input_dataset", None)
+        return names
+
+    def collect(expect_cache):
+        data, steps = ds.make_tf_dataset(maker, pairs, batch_size=2, training=False, seed=0)
+        assert any("Cache" in n for n in stages(data)) == expect_cache, stages(data)
+        return steps, [b[0].numpy() for b in data]
+
+    steps_cached, cached = collect(expect_cache=True)
+    monkeypatch.setattr(ds, "CACHE_LIMIT_BYTES", 0)
+    steps_streamed, streamed = collect(expect_cache=False)
+    assert steps_cached == steps_streamed == 3
+    assert len(cached) == len(streamed) == 3
+    for a, b in zip(cached, streamed):
+        np.testing.assert_array_equal(a, b)
