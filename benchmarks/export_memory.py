@@ -91,7 +91,8 @@ __all__ = ["export_keras_to_onnx", "bind_weights", "measure"]
 # ---------------------------------------------------------------------------------------------
 
 def export_keras_to_onnx(model, path, opset=17, dynamic_batch=True, dynamic_size=False,
-                         external_data=None, check=True, *, progress=None):
+                         external_data=None, check=True, inline_max_bytes=64 * 1024, *,
+                         progress=None):
     """Export a single-input, single-output Keras 3 model to ONNX without baking weights in.
 
     Args:
@@ -104,6 +105,10 @@ def export_keras_to_onnx(model, path, opset=17, dynamic_batch=True, dynamic_size
             ``False`` to keep them in the ``.onnx`` file, ``None`` (default) for external data
             only when the weights would push the model past protobuf's 2 GB limit.
         check: run ``onnx.checker`` on the written file.
+        inline_max_bytes: variables up to this size (biases, BatchNorm statistics, the first
+            small kernels) are traced as constants and converted by tf2onnx as usual, which
+            lets its optimizers fold them (e.g. move BatchNorm to NCHW without transposes);
+            larger ones are traced as graph inputs and bound afterwards.
         progress: optional callable ``progress(stage_name)`` returning a context manager,
             entered around each stage (used by the benchmark to attribute memory).
 
@@ -140,36 +145,45 @@ def export_keras_to_onnx(model, path, opset=17, dynamic_batch=True, dynamic_size
         trainable = list(model.trainable_variables)
         non_trainable = list(model.non_trainable_variables)
         variables = trainable + non_trainable
-        prefix = "flexunet_weight_"
-        weight_names = [f"{prefix}{i}" for i in range(len(variables))]
+        nbytes = [int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables]
+        # Small variables (biases, BatchNorm vectors) stay constants so tf2onnx folds them as
+        # usual (e.g. moves BatchNorm to NCHW); the others become inputs of the traced graph.
+        as_input = [size > inline_max_bytes for size in nbytes]
+        weight_names = {i: f"flexunet_weight_{i}" for i, flag in enumerate(as_input) if flag}
         specs = [tf.TensorSpec((None if dynamic_batch else 1, height, width, channels),
                                tf.float32, name=input_name)]
-        specs += [tf.TensorSpec(tuple(v.shape), v.dtype, name=n)
-                  for v, n in zip(variables, weight_names)]
+        specs += [tf.TensorSpec(tuple(variables[i].shape), variables[i].dtype, name=name)
+                  for i, name in weight_names.items()]
         n_trainable = len(trainable)
+        inline = {i: keras.ops.convert_to_numpy(v) for i, v in enumerate(variables)
+                  if not as_input[i]}
 
         @tf.function(input_signature=specs, autograph=False)
         def skeleton(image, *weights):
-            outputs, _ = model.stateless_call(list(weights[:n_trainable]),
-                                              list(weights[n_trainable:]), image, training=False)
+            weights = iter(weights)
+            values = [next(weights) if flag else tf.constant(inline[i])
+                      for i, flag in enumerate(as_input)]
+            outputs, _ = model.stateless_call(values[:n_trainable], values[n_trainable:], image,
+                                              training=False)
             return {output_name: outputs}
 
         skeleton.get_concrete_function()
+        del inline
 
     with stage("tf2onnx_skeleton"):
         import logging
         logging.getLogger("tf2onnx").setLevel(logging.ERROR)
         proto, _ = tf2onnx.convert.from_function(skeleton, input_signature=specs, opset=opset)
         del skeleton
-        big = [t.name for t in proto.graph.initializer if t.ByteSize() > MB]
+        limit = max(MB, 4 * inline_max_bytes)
+        big = [t.name for t in proto.graph.initializer if t.ByteSize() > limit]
         if big:  # a captured weight would mean the model was not traced statelessly
-            raise RuntimeError(f"tf2onnx baked constants larger than 1 MB into the graph: {big}")
+            raise RuntimeError(f"tf2onnx baked constants larger than {limit} bytes: {big}")
 
-    total = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables)
     if external_data is None:
-        external_data = total > PROTOBUF_LIMIT - 64 * MB
+        external_data = sum(nbytes) > PROTOBUF_LIMIT - 64 * MB
 
-    sources = {n: v for n, v in zip(weight_names, variables)}
+    sources = {name: variables[i] for i, name in weight_names.items()}
 
     def load(name):
         value = sources[name]
@@ -177,10 +191,14 @@ def export_keras_to_onnx(model, path, opset=17, dynamic_batch=True, dynamic_size
 
     data_path = path + ".data" if external_data else None
     with stage("bind_weights"):
-        proto = bind_weights(proto, load, set(weight_names), data_path=data_path)
+        proto = bind_weights(proto, load, set(weight_names.values()), data_path=data_path)
 
     with stage("finalize"):
         _name_dynamic_dims(proto, input_name, output_name, dynamic_batch, dynamic_size)
+        used = {n.domain or "" for n in proto.graph.node} | {""}
+        kept = [o for o in proto.opset_import if (o.domain or "") in used]
+        del proto.opset_import[:]
+        proto.opset_import.extend(kept)
         proto.producer_name = "flexunet"
         proto.producer_version = "export_keras_to_onnx"
         proto.doc_string = f"converted from Keras model {model.name!r}"
@@ -252,26 +270,18 @@ def bind_weights(proto, load, weight_inputs, data_path=None, external_min_bytes=
         else:
             kept_nodes.append(node)
 
-    # Constants the remaining graph needs, in first-use order.
-    graph_outputs = {o.name for o in graph.output}
-    needed = []
-    seen = set()
-    for node in kept_nodes:
-        for name in node.input:
-            if name and name in const_names and name not in seen:
-                seen.add(name)
-                needed.append(name)
-    for name in graph_outputs:
-        if name in const_names and name not in seen:
-            seen.add(name)
-            needed.append(name)
+    graph_outputs = [o.name for o in graph.output]
 
     cache = {}
+    derived = {}  # name -> (function, source constant)
 
     def value(name):
         if name in cache:
             return cache[name]
-        if name in weight_inputs:
+        if name in derived:
+            function, source = derived[name]
+            result = function(value(source))
+        elif name in weight_inputs:
             result = load(name)
         elif name in initializers:
             result = numpy_helper.to_array(initializers[name])
@@ -285,6 +295,14 @@ def bind_weights(proto, load, weight_inputs, data_path=None, external_min_bytes=
         if result.nbytes <= small_cache_bytes:
             cache[name] = result
         return result
+
+    kept_nodes = _fuse_conv_bias(kept_nodes, const_names, graph_outputs, value, derived)
+    needed = []  # constants the remaining graph needs, in first-use order
+    for node in kept_nodes:
+        for name in node.input:
+            if name and name in const_names and name not in needed:
+                needed.append(name)
+    needed += [name for name in graph_outputs if name in const_names and name not in needed]
 
     new_inits = []
     handle = open(data_path, "wb") if data_path else None
@@ -332,6 +350,52 @@ def bind_weights(proto, load, weight_inputs, data_path=None, external_min_bytes=
     del graph.value_info[:]
     graph.value_info.extend(kept_vi)
     return proto
+
+
+def _fuse_conv_bias(nodes, const_names, graph_outputs, value, derived):
+    """Fold ``Add(Conv(x, W), b)`` with a per-channel constant ``b`` into ``Conv(x, W, b)``.
+
+    tf2onnx fuses biases into convolutions only when they are constants at conversion time;
+    with weights as inputs one (the 1x1 head) stays a separate ``Add``. ``b`` may have shape
+    ``(C,)`` broadcast on the last axis only when C == 1, ``(1, C, 1, 1)`` or ``(C, 1, 1)``.
+    Returns the new node list; fused biases become ``derived`` constants.
+    """
+    import numpy as np
+
+    consumers = {}
+    for node in nodes:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    removed = set()
+    for node in nodes:
+        if node.op_type not in ("Conv", "ConvTranspose") or len([i for i in node.input if i]) != 2:
+            continue
+        out = node.output[0]
+        users = consumers.get(out, [])
+        if len(users) != 1 or users[0].op_type != "Add" or out in graph_outputs:
+            continue
+        add = users[0]
+        other = add.input[1] if add.input[0] == out else add.input[0]
+        if other not in const_names or node.input[1] not in const_names:
+            continue
+        bias = value(other)
+        kernel_shape = value(node.input[1]).shape
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        channels = kernel_shape[0] if node.op_type == "Conv" else kernel_shape[1] * group
+        spatial = len(kernel_shape) - 2
+        if bias.dtype != np.float32 or bias.size not in (1, channels) or bias.ndim > spatial + 2:
+            continue
+        if bias.size > 1 and (bias.ndim < spatial + 1 or bias.shape[-spatial - 1] != bias.size):
+            continue  # not laid out along the channel axis of NCHW
+        name = f"{other}__conv_bias"
+        derived[name] = (lambda b, c=channels: np.broadcast_to(b.reshape(-1), (c,)).copy(), other)
+        const_names.add(name)
+        while len(node.input) < 3:
+            node.input.append("")
+        node.input[2] = name
+        node.output[0] = add.output[0]
+        removed.add(id(add))
+    return [n for n in nodes if id(n) not in removed]
 
 
 def _c_contiguous(array):
@@ -712,7 +776,8 @@ def _worker(spec, events_fd):
         if method == "fixed":
             export_keras_to_onnx(model, path, dynamic_size=spec["dynamic_size"],
                                  external_data=spec["external_data"], check=spec["check"],
-                                 progress=stages, **opts)
+                                 inline_max_bytes=spec["inline_max_bytes"], progress=stages,
+                                 **opts)
         else:
             EXPORTERS[method](model, path, progress=stages, **opts)
         result["export_call_seconds"] = round(time.perf_counter() - t0, 3)
@@ -754,8 +819,8 @@ def _tree_rss(proc):
 
 def measure(method, config, *, opset=17, dynamic_batch=True, dynamic_size=False,
             external_data=None, check=True, verify=False, verify_batch=1, verify_size=None,
-            randomize_bn=False, rss_limit=10 * GB, time_limit=900, interval=0.05, workdir=None,
-            log=print):
+            randomize_bn=False, inline_max_bytes=64 * 1024, rss_limit=10 * GB, time_limit=900,
+            interval=0.05, workdir=None):
     """Run one export in a fresh subprocess; return its measurement record.
 
     The parent polls the child's RSS (children included) every ``interval`` s, attributes the
@@ -774,7 +839,7 @@ def measure(method, config, *, opset=17, dynamic_batch=True, dynamic_size=False,
     spec = dict(method=method, config=config, opset=opset, dynamic_batch=dynamic_batch,
                 dynamic_size=dynamic_size, external_data=external_data, check=check,
                 verify=verify, verify_batch=verify_batch, verify_size=list(verify_size),
-                randomize_bn=randomize_bn, workdir=workdir)
+                randomize_bn=randomize_bn, inline_max_bytes=inline_max_bytes, workdir=workdir)
     read_fd, write_fd = os.pipe()
     log_path = os.path.join(workdir, "worker.log")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
@@ -838,6 +903,7 @@ def measure(method, config, *, opset=17, dynamic_batch=True, dynamic_size=False,
             result["log_tail"] = handle.read()[-3000:].decode("utf-8", "replace")
     result.update(method=method, config=config, opset=opset, dynamic_batch=dynamic_batch,
                   dynamic_size=dynamic_size, wall_seconds=round(wall, 2),
+                  inline_max_bytes=inline_max_bytes if method == "fixed" else None,
                   peak_rss_poll=peak, poll_samples=samples, poll_interval=interval,
                   rss_limit=rss_limit, time_limit=time_limit)
     params = result.get("params") or state["params"]
@@ -997,6 +1063,8 @@ def main(argv=None):
     parser.add_argument("--check-variants", action="store_true",
                         help="export small models of every layer variant with the fixed "
                              "exporter and check them against Keras")
+    parser.add_argument("--inline-max-bytes", type=int, default=64 * 1024,
+                        help="fixed method: variables up to this size are traced as constants")
     parser.add_argument("--rss-limit-gb", type=float, default=10.0)
     parser.add_argument("--time-limit", type=float, default=900.0)
     parser.add_argument("--allow-baseline-8", action="store_true",
@@ -1013,7 +1081,7 @@ def main(argv=None):
 
     results = []
     common = dict(rss_limit=args.rss_limit_gb * GB, time_limit=args.time_limit,
-                  opset=args.opset)
+                  opset=args.opset, inline_max_bytes=args.inline_max_bytes)
     if args.check_variants:
         for method in args.method:
             for name, change in VARIANTS.items():
@@ -1028,6 +1096,8 @@ def main(argv=None):
                                  external_data=True if name == "external_data" else None,
                                  randomize_bn=config["normalization"], **common)
                 result["variant"] = name
+                if method == "fixed" and args.inline_max_bytes != 64 * 1024:
+                    result["variant"] += f"/inline{args.inline_max_bytes}"
                 print_run(result)
                 results.append(result)
     else:

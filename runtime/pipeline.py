@@ -12,13 +12,17 @@ Threads connected by bounded queues::
   and, once a slide has all its tiles, post-processes it;
 * the writer writes the slide's outputs.
 
-Memory is bounded for any number of slides: a slide takes one of ``max_in_flight`` slots before it
-is read and gives it back once written (or skipped), and every queue is bounded.
+Memory is bounded for any number of slides: every queue is bounded, and a reader starts a slide
+only when :class:`_Admission` allows it -- while fewer than ``max_in_flight`` slides are in flight
+(read but not yet written or skipped), or when the batcher is waiting for tiles that only a new
+slide can give (small slides).  At most ``max(max_in_flight, batch_size)`` slides are in flight,
+``max_in_flight`` for slides of ``batch_size`` tiles or more, and batches are always full except
+the last one (and where the tile shape changes, in whole-image mode).
 
 Stopping: an unreadable image (:class:`~runtime.errors.ImageReadError`) is recorded as skipped and
 the run goes on.  Any other exception in a stage sets a shared stop event; every thread notices it
-within :data:`POLL` seconds (all queue and slot waits use timeouts), a running ``predict`` is
-interrupted, the threads are joined and :meth:`Pipeline.run` re-raises the exception.  A
+within :data:`POLL` seconds (every wait on a queue or for admission times out), a running
+``predict`` is interrupted, the threads are joined and :meth:`Pipeline.run` re-raises it.  A
 ``KeyboardInterrupt`` in the calling thread stops the run the same way and is re-raised.  Outputs
 are written atomically by the ``write`` callable, so a stopped run leaves no partial file.
 
@@ -163,6 +167,66 @@ class _Slide:
         return self._stitcher.result(self.height, self.width)
 
 
+class _Admission:
+    """When a reader may start another slide (thread-safe; see the module docstring).
+
+    A slide is *in flight* from :meth:`start` until :meth:`written` or :meth:`dropped`, and
+    *unbatched* until the batcher has copied its last tile into a batch.  A new slide may start
+    while fewer than ``max_slides`` are in flight, or when the batcher cannot complete a batch
+    otherwise: every slide in flight is unbatched, none is being read, and together they hold
+    fewer than ``batch_size`` tiles.
+    """
+
+    def __init__(self, max_slides: int, batch_size: int):
+        self._cond = threading.Condition()
+        self._max_slides, self._batch_size = max_slides, batch_size
+        self._slides = self._unbatched_slides = self._reading = self._unbatched_tiles = 0
+
+    def _may_start(self) -> bool:
+        if self._slides < self._max_slides:
+            return True
+        return (self._reading == 0 and self._unbatched_slides == self._slides
+                and self._unbatched_tiles < self._batch_size)
+
+    def start(self, check: Callable[[], None]) -> None:
+        """Wait until a slide may be read, calling ``check`` (which raises to give up) meanwhile."""
+        with self._cond:
+            while not self._may_start():
+                check()
+                self._cond.wait(POLL)
+            self._slides += 1
+            self._unbatched_slides += 1
+            self._reading += 1
+
+    def read(self, tiles: int) -> None:
+        """The started slide was read and cut into ``tiles`` tiles."""
+        with self._cond:
+            self._reading -= 1
+            self._unbatched_tiles += tiles
+            self._cond.notify_all()
+
+    def dropped(self) -> None:
+        """The started slide could not be read."""
+        with self._cond:
+            self._reading -= 1
+            self._unbatched_slides -= 1
+            self._slides -= 1
+            self._cond.notify_all()
+
+    def batched(self, tiles: int, slides: int) -> None:
+        """``tiles`` tiles went into a batch, the last ones of ``slides`` slides."""
+        with self._cond:
+            self._unbatched_tiles -= tiles
+            self._unbatched_slides -= slides
+            self._cond.notify_all()
+
+    def written(self) -> None:
+        """A slide's outputs are written."""
+        with self._cond:
+            self._slides -= 1
+            self._cond.notify_all()
+
+
 class _Stopped(Exception):
     """Raised inside a stage thread when the run is being stopped."""
 
@@ -187,8 +251,8 @@ class Pipeline:
         finish: ``(task, image, probabilities) -> product`` (labels and derived images).
         write: ``(task, product) -> None`` (writes the outputs atomically).
         batch_size: tiles per ``predict`` call.
-        max_in_flight: slides read but not yet written, at most (>= 2: one being batched while
-            the next is read).
+        max_in_flight: slides read but not yet written, at most (>= 1; slides smaller than a batch
+            may exceed it up to ``batch_size``, see :class:`_Admission`).
         readers: reader threads.
         on_slide: called as ``on_slide(status, task, reason)`` when a slide is done
             (``"done"``, reason None) or skipped (``"skipped"``, reason the error message);
@@ -202,8 +266,8 @@ class Pipeline:
                  readers: int = 1, on_slide: SlideCallback | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if max_in_flight < 2:
-            raise ValueError(f"max_in_flight must be >= 2, got {max_in_flight}")
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
         if readers < 1:
             raise ValueError(f"readers must be >= 1, got {readers}")
         self._backend = backend
@@ -212,7 +276,7 @@ class Pipeline:
         self._batch_size = batch_size
         self._readers = readers
         self._on_slide = on_slide
-        self._slots = threading.Semaphore(max_in_flight)
+        self._admission = _Admission(max_in_flight, batch_size)
         self._jobs: queue.Queue = queue.Queue(maxsize=max_in_flight)
         self._results: queue.Queue = queue.Queue(maxsize=RESULT_QUEUE)
         self._outputs: queue.Queue = queue.Queue(maxsize=OUTPUT_QUEUE)
@@ -313,40 +377,34 @@ class Pipeline:
             except queue.Empty:
                 pass
 
-    def _take_slot(self) -> None:
-        while not self._slots.acquire(timeout=POLL):
-            self._check()
-
-    def _slide_finished(self, task: SlideTask, status: str, reason: str | None = None) -> None:
-        """Record a written or skipped slide, report it, and give its slot back."""
-        try:
-            with self._lock:
-                if status == "done":
-                    self._done.append(task)
-                else:
-                    self._skipped.append((task, reason))
-                if self._on_slide is not None:
-                    self._on_slide(status, task, reason)
-        finally:
-            self._slots.release()
+    def _report(self, task: SlideTask, status: str, reason: str | None = None) -> None:
+        """Record a written or skipped slide and report it."""
+        with self._lock:
+            if status == "done":
+                self._done.append(task)
+            else:
+                self._skipped.append((task, reason))
+            if self._on_slide is not None:
+                self._on_slide(status, task, reason)
 
     # -- stages ------------------------------------------------------------------------------------
     def _read_loop(self) -> None:
         while True:
-            self._take_slot()
             with self._lock:
                 task = next(self._tasks, None)
             if task is None:
-                self._slots.release()
                 break
+            self._admission.start(self._check)
             try:
                 with self.timer("decode"):
                     image = self._read(task.path)
             except ImageReadError as exc:
-                self._slide_finished(task, "skipped", str(exc))
+                self._report(task, "skipped", str(exc))
+                self._admission.dropped()
                 continue
             with self.timer("preprocess"):
                 slide = _Slide(task, image, self._prepare(image), self._layout)
+            self._admission.read(len(slide.corners))
             self._put(self._jobs, slide)
         self._put(self._jobs, _END)
 
@@ -375,10 +433,13 @@ class Pipeline:
         with self.timer("batch"):
             first = refs[0][0]
             batch = np.empty((len(refs), *first.tile, first.padded.shape[2]), dtype=np.float32)
+            completed = 0
             for k, (slide, i) in enumerate(refs):
                 batch[k] = slide.tile_input(i)
                 if i == len(slide.corners) - 1:
                     slide.padded = None  # every tile is batched: free the input
+                    completed += 1
+        self._admission.batched(len(refs), completed)
         self._check()
         with self.timer("inference"):
             preds = self._backend.predict(batch)
@@ -411,5 +472,6 @@ class Pipeline:
             task, product = item
             with self.timer("write"):
                 self._write(task, product)
-            self._slide_finished(task, "done")
+            self._report(task, "done")
+            self._admission.written()
         self._wake.set()

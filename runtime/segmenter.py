@@ -288,7 +288,8 @@ class Segmenter:
         threads: CPU threads for ONNX Runtime (default: all cores).
         config: training config of a ``.keras`` model (default: the one beside it).
         readers: decoding threads of :meth:`segment_folder`.
-        max_in_flight: slides held in memory at once by :meth:`segment_folder` (>= 2).
+        max_in_flight: slides held in memory at once by :meth:`segment_folder` (slides smaller than
+            a batch may exceed it, up to ``batch_size``, so that batches stay full).
 
     Raises:
         ModelError, MissingDependencyError: the model cannot be loaded with that backend.

@@ -30,8 +30,9 @@ def _build_onnx(path: Path, *, classes: int = 1, kernel: int = 3, fixed: tuple[i
     height, width = fixed or ("H", "W")
     shape_in = [batch or "N", height, width, 3]
     shape_out = [batch or "N", height, width, classes]
-    weights = (rng.normal(size=(classes, 3, kernel, kernel)) / kernel).astype(np.float32)
-    bias = rng.normal(scale=0.2, size=classes).astype(np.float32)
+    weights = (rng.normal(size=(classes, 3, kernel, kernel)) * 4 / kernel).astype(np.float32)
+    # Centre the logits on mid-grey inputs (the models see pixel / 255) so outputs vary with colour.
+    bias = (-0.5 * weights.sum(axis=(1, 2, 3)) + rng.normal(scale=0.2, size=classes)).astype(np.float32)
     pad = kernel // 2
     nodes = [
         helper.make_node("Transpose", ["image"], ["nchw"], perm=[0, 3, 1, 2]),

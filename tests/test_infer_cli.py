@@ -1,0 +1,115 @@
+"""``flexunet infer`` through click's CliRunner: outputs, backend line, stage table, exit codes."""
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from runtime.cli import cli
+from runtime.errors import EXIT_CODES_HELP, EXIT_OK, EXIT_SKIPPED, EXIT_USAGE
+
+TF_ENV_KEYS = ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS", "GRPC_VERBOSITY")
+
+
+@pytest.fixture(autouse=True)
+def _isolate_cli_side_effects(monkeypatch):
+    """The CLI configures the "flexunet" logger and sets TF environment variables; undo both."""
+    for key in TF_ENV_KEYS:
+        if key in os.environ:
+            monkeypatch.setenv(key, os.environ[key])
+        else:
+            monkeypatch.delenv(key, raising=False)
+    log = logging.getLogger("flexunet")
+    saved = (list(log.handlers), log.level, log.propagate)
+    yield
+    log.handlers[:] = saved[0]
+    log.setLevel(saved[1])
+    log.propagate = saved[2]
+
+
+def infer(*args):
+    return CliRunner().invoke(cli, ["infer", *map(str, args)])
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    assert result.exit_code == EXIT_USAGE, (result.exit_code, result.stdout, result.stderr)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+def test_infer_writes_outputs_and_reports_backend_and_stages(make_onnx, make_images, tmp_path):
+    images = make_images(tmp_path / "in", [(90, 120), (40, 30), (130, 70)])
+    out = tmp_path / "out"
+    result = infer(make_onnx(), tmp_path / "in", "-o", out, "--colorize", "--overlay", "--probabilities",
+                   "--tile", 64, "--overlap", 16, "--batch-size", 3, "--blend", "gaussian", "--min-size", 4,
+                   "--fill-holes")
+    assert result.exit_code == EXIT_OK, (result.stdout, result.stderr)
+    assert "backend: onnxruntime CPUExecutionProvider" in result.stderr
+    assert "tiling: tiles 64x64, overlap 16, gaussian blend, batch 3" in result.stderr
+    assert "[3/3]" in result.stderr and "slides/s" in result.stderr
+    table = result.stdout.splitlines()
+    stages = [line.split()[0] for line in table[1:-1]]
+    assert stages == ["decode", "preprocess", "batch", "inference", "blend", "post", "write", "wall"]
+    assert table[-1].startswith("done 3, skipped 0, resumed 0")
+    for image in images:
+        for name in (f"{image.stem}.png", f"{image.stem}_color.png", f"{image.stem}_overlay.png",
+                     f"{image.stem}_prob.npy"):
+            assert (out / name).is_file(), name
+    assert np.load(out / "img01_prob.npy").shape == (40, 30, 1)
+
+    again = infer(make_onnx(), tmp_path / "in", "-o", out, "--colorize", "--overlay", "--probabilities",
+                  "--tile", 64, "--overlap", 16, "--batch-size", 3, "--blend", "gaussian", "--min-size", 4,
+                  "--fill-holes", "--resume")
+    assert again.exit_code == EXIT_OK
+    assert again.stdout.splitlines()[-1] == "done 0, skipped 0, resumed 3"
+
+
+def test_corrupt_inputs_are_skipped_with_exit_code_3(make_onnx, make_images, tmp_path):
+    make_images(tmp_path / "in", [(50, 60), (70, 40)])
+    (tmp_path / "in" / "x.png").write_bytes(b"\x89PNG garbage" * 10)
+    result = infer(make_onnx(), tmp_path / "in", "-o", tmp_path / "out")
+    assert result.exit_code == EXIT_SKIPPED, (result.stdout, result.stderr)
+    assert "done 2, skipped 1, resumed 0" in result.stdout
+    assert f"skipped: {tmp_path / 'in' / 'x.png'}: cannot decode image" in result.stdout
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["img00.png", "img01.png"]
+
+
+def test_bad_models_are_one_line_errors(make_onnx, make_images, tmp_path):
+    make_images(tmp_path / "in", [(20, 20)])
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"not a model")
+    assert_one_line_error(infer(tmp_path / "absent.onnx", tmp_path / "in", "-o", tmp_path / "out"),
+                          "absent.onnx: no such model file")
+    assert_one_line_error(infer(corrupt, tmp_path / "in", "-o", tmp_path / "out"),
+                          "corrupt.onnx: not a readable ONNX model")
+    assert_one_line_error(infer(make_onnx("bare.onnx", metadata=False), tmp_path / "in", "-o", tmp_path / "out"),
+                          "bare.onnx: no flexunet metadata")
+    assert_one_line_error(infer(make_onnx(), tmp_path / "in", "-o", tmp_path / "out", "--backend", "tensorrt"),
+                          "TensorRT")
+    assert_one_line_error(infer(make_onnx("fixed.onnx", fixed=(32, 32)), tmp_path / "in", "-o", tmp_path / "out",
+                                "--whole"), "--whole needs a model that accepts any input size")
+    assert not (tmp_path / "out").exists()
+
+
+def test_usage_errors_exit_2(make_onnx, tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(infer(make_onnx(), tmp_path / "empty", "-o", tmp_path / "out"), "no images in")
+    result = infer(make_onnx(), tmp_path / "empty", "-o", tmp_path / "out", "--tile", "big")
+    assert result.exit_code == EXIT_USAGE and "is not a tile size" in result.stderr
+
+
+def test_help_documents_options_and_exit_codes():
+    result = infer("--help")
+    assert result.exit_code == 0
+    text = " ".join(result.stdout.split())
+    for option in ("--backend", "--tile", "--overlap", "--batch-size", "--blend", "--whole", "--colorize",
+                   "--overlay", "--probabilities", "--fill-holes", "--min-size", "--threads", "--config",
+                   "--resume"):
+        assert option in text
+    assert " ".join(EXIT_CODES_HELP.split()) in text
