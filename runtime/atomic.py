@@ -13,9 +13,19 @@ from typing import Iterator
 from .errors import FlexunetError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def _tmp_name(dest: Path) -> Path:
     fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part" + dest.suffix, dir=dest.parent)
     os.close(fd)
+    os.chmod(name, _FILE_MODE)  # mkstemp makes 0600 files; outputs get the usual permissions
     return Path(name)
 
 

@@ -16,6 +16,11 @@ import numpy as np
 from .atomic import write_bytes
 from .errors import FlexunetError, ImageReadError
 
+# Decoder warnings (e.g. "PNG input buffer is incomplete") would reach the user's terminal beside
+# our own one-line report of the same file; keep OpenCV's log to errors.
+if hasattr(cv2, "utils") and hasattr(cv2.utils, "logging"):
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 
 

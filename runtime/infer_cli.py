@@ -58,6 +58,7 @@ class ProgressLine:
         self.start = time.perf_counter()
         self.processed = 0
         self._open = False
+        self._width = 0  # longest line written in place, to blank out the previous one
 
     def __call__(self, event: ProgressEvent) -> None:
         if event.status != "resumed":
@@ -69,7 +70,8 @@ class ProgressLine:
         width = len(str(self.total))
         line = f"[{event.finished:{width}d}/{self.total}] {rate:.2f} slides/s, ETA {eta}"
         if self.tty:
-            self.stream.write(f"\r{line}  ")
+            self._width = max(self._width, len(line))
+            self.stream.write(f"\r{line.ljust(self._width)}")
             self._open = True
         else:
             self.stream.write(f"{line}  {event.status} {event.path.name}\n")

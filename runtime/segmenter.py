@@ -200,7 +200,7 @@ class _Outputs:
         return {"input": task.path.name, "input_bytes": task.path.stat().st_size, **self.producer,
                 "outputs": sorted(p.name for p in self.files(task).values())}
 
-    def check_inputs(self, tasks: Iterable[SlideTask]) -> None:
+    def check_inputs(self, tasks: Sequence[SlideTask]) -> None:
         """FlexunetError if an output would replace one of the inputs."""
         inputs = {t.path.resolve(): t.path for t in tasks}
         for task in tasks:
@@ -331,6 +331,9 @@ class Segmenter:
         else:
             th, tw = _size_pair(tile, "tile") if tile is not None else info.tile_size
             self.tile = (_round_up(th, info.multiple), _round_up(tw, info.multiple))
+            if not self.backend.accepts(*self.tile):
+                raise FlexunetError(f"{where}: {self.backend.name} cannot run {self.tile[0]}x{self.tile[1]} "
+                                    "tiles; choose another tile size")
         self.whole = bool(whole)
         if self.tile is None:
             self.overlap = 0

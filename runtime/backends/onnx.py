@@ -184,7 +184,8 @@ class OnnxBackend(Backend):
         return np.asarray(probs, dtype=np.float32)
 
     def interrupt(self) -> None:
-        """Terminate the ``session.run`` in progress (it raises in its thread)."""
+        """Terminate the ``session.run`` in progress: ONNX Runtime checks the flag between
+        operators, and the run raises in its thread."""
         running = self._running
         if running is not None:
             running.terminate = True
