@@ -707,14 +707,20 @@ def _onnx_for_runtime(path, workdir):
     return os.path.join(target, "__MODEL_PROTO.onnx")
 
 
-def _verify(model, path, workdir, batch, height, width, seed=0):
-    """Max |Keras - ONNX Runtime| on random inputs in [0, 255)."""
+def _keras_reference(model, batch, height, width, seed=0):
+    """Random input in [0, 255) and the Keras output for it."""
     import numpy as np
-    import onnxruntime as ort
 
     rng = np.random.default_rng(seed)
     x = rng.uniform(0, 255, (batch, height, width, model.inputs[0].shape[-1])).astype("float32")
-    expected = np.asarray(model(x, training=False))
+    return x, np.asarray(model(x, training=False))
+
+
+def _ort_check(path, workdir, x, expected):
+    """Max |Keras - ONNX Runtime (CPU)| for the input ``x``."""
+    import numpy as np
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
     session = ort.InferenceSession(_onnx_for_runtime(path, workdir), options,
@@ -723,6 +729,7 @@ def _verify(model, path, workdir, batch, height, width, seed=0):
     got = session.run(None, {session.get_inputs()[0].name: x})[0]
     if got.shape != expected.shape:
         raise AssertionError(f"shape {got.shape} != Keras {expected.shape}")
+    batch, height, width = x.shape[:3]
     return dict(max_abs_diff=float(np.max(np.abs(got - expected))), batch=batch,
                 height=height, width=width, onnx_inputs=names[0], onnx_outputs=names[1])
 
@@ -783,9 +790,14 @@ def _worker(spec, events_fd):
         result["export_call_seconds"] = round(time.perf_counter() - t0, 3)
         result["onnx"] = _onnx_summary(path)
         if spec["verify"]:
-            with stages("verify (Keras vs ONNX Runtime)", kind="verify"):
+            import gc
+            with stages("verify: Keras reference", kind="verify"):
                 h, w = spec["verify_size"]
-                result["verify"] = _verify(model, path, spec["workdir"], spec["verify_batch"], h, w)
+                x, expected = _keras_reference(model, spec["verify_batch"], h, w)
+                del model  # free the Keras weights before ONNX Runtime loads its copy
+                gc.collect()
+            with stages("verify: ONNX Runtime", kind="verify"):
+                result["verify"] = _ort_check(path, spec["workdir"], x, expected)
         result["status"] = "ok"
     except BaseException as exc:  # report, then exit non-zero
         import traceback
@@ -1065,6 +1077,9 @@ def main(argv=None):
                              "exporter and check them against Keras")
     parser.add_argument("--inline-max-bytes", type=int, default=64 * 1024,
                         help="fixed method: variables up to this size are traced as constants")
+    parser.add_argument("--external-data", choices=["auto", "yes", "no"], default="auto",
+                        help="fixed method: weights in <model>.onnx.data (auto: above 2 GB)")
+    parser.add_argument("--base-filters", type=int, default=STANDARD["base_filters"])
     parser.add_argument("--rss-limit-gb", type=float, default=10.0)
     parser.add_argument("--time-limit", type=float, default=900.0)
     parser.add_argument("--allow-baseline-8", action="store_true",
@@ -1106,8 +1121,18 @@ def main(argv=None):
                 if method.startswith("tf2onnx") and levels >= 8 and not args.allow_baseline_8:
                     print(f"skipping {method} at {levels} levels: needs more than 24 GB")
                     continue
-                config = dict(STANDARD, num_layers=levels)
-                result = measure(method, config, verify=args.verify, **common)
+                config = dict(STANDARD, num_layers=levels, base_filters=args.base_filters)
+                external = {"auto": None, "yes": True, "no": False}[args.external_data]
+                result = measure(method, config, verify=args.verify, external_data=external,
+                                 **common)
+                variant = "standard"
+                if args.base_filters != STANDARD["base_filters"]:
+                    variant += f"/base_filters{args.base_filters}"
+                if method == "fixed" and args.external_data != "auto":
+                    variant += f"/external_data={args.external_data}"
+                if method == "fixed" and args.inline_max_bytes != 64 * 1024:
+                    variant += f"/inline{args.inline_max_bytes}"
+                result["variant"] = variant
                 print_run(result)
                 results.append(result)
                 if not args.no_save:
