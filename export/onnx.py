@@ -50,36 +50,20 @@ def tool_versions() -> dict:
 
 
 def convert(model, dest: Path, info: ModelInfo, opset: int = DEFAULT_OPSET) -> Path:
-    """Convert a Keras model to ONNX at ``dest`` and attach ``info`` as metadata_props."""
-    import onnx
-    import tensorflow as tf
-    import tf2onnx
+    """Convert a Keras model to ONNX at ``dest`` with ``info`` as metadata_props.
 
-    h = None if info.height is None else info.height
-    w = None if info.width is None else info.width
-    spec = [tf.TensorSpec((None, h, w, info.channels), tf.float32, name=info.input_name)]
-
-    @tf.function(input_signature=spec)
-    def forward(image):
-        return {info.output_name: model(image, training=False)}
+    Uses :func:`export.keras2onnx.export_keras_to_onnx` (weights bound after conversion, external
+    data beside ``dest`` when the model passes 2 GB).
+    """
+    from .keras2onnx import export_keras_to_onnx
 
     try:
-        proto, _ = tf2onnx.convert.from_function(forward, input_signature=spec, opset=opset)
-    except Exception as exc:
+        export_keras_to_onnx(model, str(dest), opset=opset, dynamic_batch=True,
+                             dynamic_size=info.height is None, metadata=info.to_metadata())
+    except (ValueError, RuntimeError, NotImplementedError, TypeError, KeyError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ModelError(f"cannot convert the model to ONNX: {first[:300]}") from None
-    _set_metadata(proto, info)
-    onnx.save_model(proto, str(dest))
     return dest
-
-
-def _set_metadata(proto, info: ModelInfo) -> None:
-    del proto.metadata_props[:]
-    for k, v in info.to_metadata().items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = k, v
-    proto.producer_name = "flexunet"
-    proto.doc_string = "flexunet UNet; see metadata_props flexunet.info"
 
 
 def read_info(onnx_path: Path) -> ModelInfo:
