@@ -1,0 +1,92 @@
+"""``flexunet parity``: do candidate models (ONNX, INT8, TensorRT, another backend) segment like
+the reference?  The CLI of :func:`runtime.parity.run_parity`; progress on stderr, the summary table
+on stdout, reports in ``--report-dir``.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from .cli import handle_errors
+from .infer_cli import TileSize
+from .parity import DEFAULT_MIN_DICE, run_parity, write_reports
+from .tiling import BLEND_MODES
+
+_DEFAULTS = ", ".join(f"{k.upper()} {v}" for k, v in DEFAULT_MIN_DICE.items())
+
+EPILOG = (
+    "Verdict: a candidate passes when its mask dice against the reference, pooled over all pixels of "
+    f"all images, reaches its minimum ({_DEFAULTS} by the precision in the model's metadata, or "
+    "--min-dice), and, if given, its max |dp| stays within --max-abs-diff. "
+    "Dice/IoU conventions: both masks empty -> 1.0, one empty -> 0.0; multiclass models are scored on "
+    "the mean over foreground classes. "
+    "Exit codes: 0 every candidate passes; 1 a candidate fails (takes precedence over 3); "
+    "2 bad input (model, option, no readable image); 3 all pass but some images were unreadable "
+    "and skipped; 130 interrupted."
+)
+
+
+@click.command("parity", epilog=EPILOG)
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--reference", "reference", required=True, metavar="MODEL[@BACKEND]",
+              help="The reference model (.onnx, .keras, .engine); its tiling is used for every model.")
+@click.option("--candidate", "candidates", required=True, multiple=True, metavar="MODEL[@BACKEND]",
+              help="A model to compare with the reference (repeat for several). MODEL@BACKEND picks "
+                   "the backend, e.g. model.onnx@onnxruntime-cpu.")
+@click.option("--masks", "masks_dir", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="Ground-truth masks named like the images: adds each model's dice against the truth.")
+@click.option("-o", "--report-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("parity_report"),
+              show_default=True, help="Folder for parity.json, parity.md and worst.png.")
+@click.option("--min-dice", multiple=True, metavar="DICE|PRECISION=DICE",
+              help=f"Minimum pooled dice vs the reference, for every candidate (0.99) or one precision "
+                   f"(int8=0.98); repeatable [default: {_DEFAULTS}].")
+@click.option("--max-abs-diff", type=click.FloatRange(min=0.0),
+              help="Also fail a candidate whose max |probability difference| exceeds this.")
+@click.option("--per-image", is_flag=True, help="Also fail a candidate if any single image's dice is below its minimum.")
+@click.option("--tile", type=TileSize(), help="Tile size N or HxW [default: the reference's].")
+@click.option("--overlap", type=click.IntRange(min=0), help="Tile overlap in pixels [default: the reference's].")
+@click.option("--blend", type=click.Choice(BLEND_MODES), help="Blending of overlapping tiles [default: the reference's].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Tiles per batch.")
+@click.option("--threshold", type=click.FloatRange(0.0, 1.0),
+              help="Foreground threshold of binary models [default: each model's].")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for ONNX Runtime [default: all cores].")
+@click.option("--config", type=click.Path(dir_okay=False, path_type=Path),
+              help="Training config of .keras models [default: the one beside each].")
+@handle_errors
+def parity_cmd(images, reference, candidates, masks_dir, report_dir, min_dice, max_abs_diff, per_image, tile,
+               overlap, blend, batch_size, threshold, threads, config):
+    """Run the --reference and every --candidate model on IMAGES (files and folders) through the
+    same tiling and compare: max and mean |dp|, mask dice and IoU against the reference, flipped
+    pixels, and with --masks each model's dice against the ground truth.
+
+    Writes REPORT_DIR/parity.json, parity.md and worst.png (each candidate's worst image: input,
+    reference mask, candidate mask, differences).
+    """
+    report = run_parity(reference, candidates, images, masks_dir=masks_dir, tile=tile, overlap=overlap, blend=blend,
+                        batch_size=batch_size, threshold=threshold, threads=threads, config=config,
+                        min_dice=min_dice, max_abs_diff=max_abs_diff, per_image=per_image,
+                        progress=lambda line: click.echo(line, err=True))
+    files = write_reports(report, report_dir)
+    click.echo(_summary(report))
+    click.echo(f"reports: {files['json']}, {files['markdown']}, {files['worst_png']}")
+    sys.exit(report.exit_code)
+
+
+def _summary(report) -> str:
+    lines = []
+    if report.reference_truth is not None:
+        lines.append(f"reference {report.reference.path.name}: dice vs truth {report.reference_truth.dice:.6f}")
+    for c in report.candidates:
+        s = c.summary()["overall"]
+        truth = f", dice vs truth {s['dice_vs_truth']:.6f}" if s["dice_vs_truth"] is not None else ""
+        verdict = "PASS" if c.passed else "FAIL (" + "; ".join(c.failures) + ")"
+        lines.append(f"{c.spec.path.name} [{c.precision}]: dice vs reference {s['dice']:.6f} "
+                     f"(min {c.tolerance.min_dice}), IoU {s['iou']:.6f}, worst {s['worst_image']} "
+                     f"{s['worst_image_dice']:.6f}, max |dp| {s['max_abs_diff']:.3g}, "
+                     f"flipped {100 * s['flipped_fraction']:.4f}%{truth}: {verdict}")
+    if report.skipped:
+        lines.append(f"skipped {len(report.skipped)} unreadable image(s)")
+        lines += [f"skipped: {reason}" for _, reason in report.skipped]
+    return "\n".join(lines)
