@@ -17,7 +17,6 @@ import numpy as np
 
 from runtime.errors import FlexunetError, ModelError, VerificationError
 from runtime.masks import labels_from_probabilities
-from runtime.metrics import dice
 from runtime.modelinfo import ModelInfo
 
 DEFAULT_OPSET = 17
@@ -112,15 +111,18 @@ class Agreement:
 
 
 def agreement(reference: np.ndarray, candidate: np.ndarray, threshold: float = 0.5) -> Agreement:
-    """|Δp| and mask dice (foreground classes pooled) between two probability batches."""
-    diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
-    ref = np.stack([labels_from_probabilities(p, threshold) for p in reference])
-    cand = np.stack([labels_from_probabilities(p, threshold) for p in candidate])
-    if reference.shape[-1] == 1:
-        d = dice(ref, cand)
-    else:  # mean over foreground classes
-        d = float(np.mean([dice(ref == c, cand == c) for c in range(1, reference.shape[-1])]))
-    return Agreement(float(diff.max()), float(diff.mean()), d, len(reference))
+    """|Δp| and mask dice (pooled over the tiles; foreground, or mean over foreground classes)
+    between two probability batches, with the parity maths of :mod:`runtime.parity`."""
+    from runtime import parity
+
+    labels = parity.num_labels(reference.shape[-1])
+    masks = parity.Agreement.empty(labels)
+    diff = parity.ProbDiff()
+    for p, q in zip(reference, candidate):
+        masks += parity.Agreement.of(labels_from_probabilities(p, threshold),
+                                     labels_from_probabilities(q, threshold), labels)
+        diff += parity.ProbDiff.of(p, q)
+    return Agreement(diff.max, diff.mean, masks.dice, len(reference))
 
 
 def check_fp32(a: Agreement, what: str, max_abs: float = FP32_MAX_ABS_DIFF,

@@ -24,6 +24,8 @@ COMMANDS = {
     "evaluate": "train.cli:evaluate_cmd",
     "export": "export.cli:export_cmd",
     "infer": "runtime.infer_cli:infer_cmd",
+    "parity": "runtime.parity_cli:parity_cmd",
+    "bench": "runtime.bench_cli:bench_cmd",
 }
 
 

@@ -16,17 +16,17 @@ from .backends.base import BACKENDS
 from .cli import handle_errors
 from .errors import EXIT_CODES_HELP, EXIT_SKIPPED, FlexunetError
 from .imageio import expand_inputs
-from .segmenter import ProgressEvent, RunSummary, Segmenter
+from .segmenter import FIT, ProgressEvent, RunSummary, Segmenter
 from .tiling import BLEND_MODES
 
 
 class TileSize(click.ParamType):
-    """``512`` or ``512x768`` (height x width)."""
+    """``512``, ``512x768`` (height x width) or ``fit`` (the least computed area for the image size)."""
 
-    name = "N|HxW"
+    name = "N|HxW|fit"
 
     def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
+        if isinstance(value, tuple) or value == FIT:
             return value
         parts = str(value).lower().split("x")
         try:
@@ -34,7 +34,7 @@ class TileSize(click.ParamType):
         except ValueError:
             size = ()
         if len(size) not in (1, 2) or min(size) < 1:
-            self.fail(f"{value!r} is not a tile size like 512 or 512x768", param, ctx)
+            self.fail(f"{value!r} is not a tile size like 512, 512x768 or fit", param, ctx)
         return size if len(size) == 2 else (size[0], size[0])
 
 
@@ -107,7 +107,9 @@ def format_report(summary: RunSummary) -> str:
               help="Output folder (created if needed).")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
               help="Inference backend; auto picks the fastest available for the model file.")
-@click.option("--tile", type=TileSize(), help="Tile size N or HxW [default: the model's input size].")
+@click.option("--tile", type=TileSize(),
+              help="Tile size N or HxW, or 'fit' (dynamic-size models: the tile computing the least area "
+                   "for the first image's size, up to 1536 px) [default: the model's input size].")
 @click.option("--overlap", type=click.IntRange(min=0), help="Tile overlap in pixels [default: 64].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Tiles per batch.")
 @click.option("--blend", type=click.Choice(BLEND_MODES), help="Blending of overlapping tiles [default: cosine].")

@@ -18,21 +18,25 @@ def _counts(a: np.ndarray, b: np.ndarray) -> tuple[int, int, int]:
     return inter, int(np.count_nonzero(a)), int(np.count_nonzero(b))
 
 
+def dice_from_counts(inter: int, na: int, nb: int) -> float:
+    """2|A∩B| / (|A|+|B|) from pixel counts (which may be pooled over images); 1.0 if both are empty."""
+    return 1.0 if na + nb == 0 else 2.0 * inter / (na + nb)
+
+
+def iou_from_counts(inter: int, na: int, nb: int) -> float:
+    """|A∩B| / |A∪B| from pixel counts; 1.0 if both are empty."""
+    union = na + nb - inter
+    return 1.0 if union == 0 else inter / union
+
+
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     """Dice coefficient 2|A∩B| / (|A|+|B|) of two binary masks; 1.0 if both are empty."""
-    inter, na, nb = _counts(a, b)
-    if na + nb == 0:
-        return 1.0
-    return 2.0 * inter / (na + nb)
+    return dice_from_counts(*_counts(a, b))
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
     """Intersection over union of two binary masks; 1.0 if both are empty."""
-    inter, na, nb = _counts(a, b)
-    union = na + nb - inter
-    if union == 0:
-        return 1.0
-    return inter / union
+    return iou_from_counts(*_counts(a, b))
 
 
 def per_class_dice(a: np.ndarray, b: np.ndarray, num_classes: int) -> list[float]:

@@ -94,14 +94,12 @@ class Overlap:
     @property
     def dice(self) -> float:
         """``2|A∩B| / (|A|+|B|)``; 1.0 when both are empty."""
-        total = self.a + self.b
-        return 1.0 if total == 0 else 2.0 * self.inter / total
+        return metrics.dice_from_counts(self.inter, self.a, self.b)
 
     @property
     def iou(self) -> float:
         """``|A∩B| / |A∪B|``; 1.0 when both are empty."""
-        union = self.a + self.b - self.inter
-        return 1.0 if union == 0 else self.inter / union
+        return metrics.iou_from_counts(self.inter, self.a, self.b)
 
 
 def num_labels(num_classes: int) -> int:
@@ -298,6 +296,11 @@ class ModelSpec:
     def __str__(self) -> str:
         return str(self.path) if self.backend == "auto" else f"{self.path}@{self.backend}"
 
+    @property
+    def label(self) -> str:
+        """The file name, with ``@BACKEND`` when one was asked for (tables and figures)."""
+        return self.path.name if self.backend == "auto" else f"{self.path.name}@{self.backend}"
+
 
 def masks_index(folder: str | os.PathLike) -> dict[str, Path]:
     """Ground-truth masks in ``folder`` by file stem (a ``.png`` wins over other extensions)."""
@@ -421,7 +424,7 @@ class CandidateResult:
     def summary(self) -> dict:
         worst = self.worst or {}
         return {
-            "model": str(self.spec.path), "backend": self.backend, "precision": self.precision,
+            "model": str(self.spec), "backend": self.backend, "precision": self.precision,
             "tolerance": {"min_dice": self.tolerance.min_dice, "max_abs_diff": self.tolerance.max_abs_diff,
                           "per_image": self.tolerance.per_image, "source": self.tolerance.source},
             "overall": {
@@ -468,7 +471,7 @@ class ParityReport:
         return {
             "tool": "flexunet parity", "flexunet_version": __version__,
             "date": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": round(self.seconds, 3),
-            "reference": {"model": str(self.reference.path), "backend": self.reference_backend,
+            "reference": {"model": str(self.reference), "backend": self.reference_backend,
                           "precision": self.reference_precision,
                           "dice_vs_truth": self.reference_truth.dice if self.reference_truth else None,
                           "per_class_dice_vs_truth":
@@ -504,20 +507,20 @@ class ParityReport:
             "| model | precision | pooled dice vs ref | IoU vs ref | worst image (dice) | max \\|Δp\\| | "
             "mean \\|Δp\\| | flipped % | dice vs truth | min dice | verdict |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
-            f"| reference `{self.reference.path.name}` | {self.reference_precision} | — | — | — | — | — | — | "
+            f"| reference `{self.reference.label}` | {self.reference_precision} | — | — | — | — | — | — | "
             f"{ref_truth} | — | — |",
         ]
         for c in self.candidates:
             s = c.summary()["overall"]
             worst = f"{s['worst_image']} ({_fmt(s['worst_image_dice'])})" if s["worst_image"] else "—"
             lines.append(
-                f"| `{c.spec.path.name}` | {c.precision} | {_fmt(s['dice'])} | {_fmt(s['iou'])} | {worst} | "
+                f"| `{c.spec.label}` | {c.precision} | {_fmt(s['dice'])} | {_fmt(s['iou'])} | {worst} | "
                 f"{s['max_abs_diff']:.3g} | {s['mean_abs_diff']:.3g} | {100 * s['flipped_fraction']:.4f} | "
                 f"{_fmt(s['dice_vs_truth'])} | {c.tolerance.min_dice} | "
                 f"{'**pass**' if c.passed else '**FAIL**'} |")
         for c in self.candidates:
             for reason in c.failures:
-                lines.append(f"\n`{c.spec.path.name}` fails: {reason}")
+                lines.append(f"\n`{c.spec.label}` fails: {reason}")
         if self.truth_missing:
             lines.append(f"\nNo ground truth for {len(self.truth_missing)} image(s): "
                          + ", ".join(self.truth_missing[:20]) + (" ..." if len(self.truth_missing) > 20 else ""))
@@ -531,7 +534,7 @@ class ParityReport:
                 lines.append(f"| {rec['image']} | reference | — | — | — | — | — | "
                              f"{_fmt(rec['reference_dice_vs_truth'])} |")
             for c in rec["candidates"]:
-                lines.append(f"| {rec['image']} | `{Path(c['model']).name}` | {_fmt(c['dice'])} | {_fmt(c['iou'])} | "
+                lines.append(f"| {rec['image']} | `{c['label']}` | {_fmt(c['dice'])} | {_fmt(c['iou'])} | "
                              f"{c['max_abs_diff']:.3g} | {c['mean_abs_diff']:.3g} | "
                              f"{100 * c['flipped_fraction']:.4f} | {_fmt(c['dice_vs_truth'])} |")
         lines += ["", "`worst.png`: each candidate's worst image: input | reference mask | candidate mask | "
@@ -674,7 +677,7 @@ def _compare(ref_spec, ref, specs, cand_segs, paths, truth_index, masks_dir, ove
             scores = mask_scores(base.labels, res.labels, labels)
             r.pooled += Agreement.of(base.labels, res.labels, labels)
             r.diff += diff
-            crec = {"model": str(r.spec.path), **scores, "max_abs_diff": diff.max, "mean_abs_diff": diff.mean,
+            crec = {"model": str(r.spec), "label": r.spec.label, **scores, "max_abs_diff": diff.max, "mean_abs_diff": diff.mean,
                     "dice_vs_truth": None}
             if truth is not None:
                 r.truth += Agreement.of(truth, res.labels, labels)
@@ -683,11 +686,11 @@ def _compare(ref_spec, ref, specs, cand_segs, paths, truth_index, masks_dir, ove
             worst_key = {"image": path.name, **crec}
             if _worse(worst_key, r.worst):
                 r.worst = worst_key
-                title = (f"{r.spec.path.name} vs {ref_spec.path.name} | {path.name} | dice {scores['dice']:.5f}"
+                title = (f"{r.spec.label} vs {ref_spec.label} | {path.name} | dice {scores['dice']:.5f}"
                          f" | flipped {scores['flipped_fraction'] * 100:.3f}% | max |dp| {diff.max:.3g}")
                 r.worst_row = figure_row(image, base.labels, res.labels, colors, title)
                 r.worst_size = image.shape[:2]
-            notes.append(f"{r.spec.path.name} dice {scores['dice']:.5f} max|dp| {diff.max:.2g}")
+            notes.append(f"{r.spec.label} dice {scores['dice']:.5f} max|dp| {diff.max:.2g}")
             del res
         records.append(rec)
         say(f"{prefix}: " + "; ".join(notes))

@@ -19,7 +19,8 @@ _DEFAULTS = ", ".join(f"{k.upper()} {v}" for k, v in DEFAULT_MIN_DICE.items())
 EPILOG = (
     "Verdict: a candidate passes when its mask dice against the reference, pooled over all pixels of "
     f"all images, reaches its minimum ({_DEFAULTS} by the precision in the model's metadata, or "
-    "--min-dice), and, if given, its max |dp| stays within --max-abs-diff. "
+    "--min-dice), with --per-image every image's dice too, and with --max-abs-diff its max |dp| "
+    "stays within that. "
     "Dice/IoU conventions: both masks empty -> 1.0, one empty -> 0.0; multiclass models are scored on "
     "the mean over foreground classes. "
     "Exit codes: 0 every candidate passes; 1 a candidate fails (takes precedence over 3); "
@@ -77,12 +78,12 @@ def parity_cmd(images, reference, candidates, masks_dir, report_dir, min_dice, m
 def _summary(report) -> str:
     lines = []
     if report.reference_truth is not None:
-        lines.append(f"reference {report.reference.path.name}: dice vs truth {report.reference_truth.dice:.6f}")
+        lines.append(f"reference {report.reference.label}: dice vs truth {report.reference_truth.dice:.6f}")
     for c in report.candidates:
         s = c.summary()["overall"]
         truth = f", dice vs truth {s['dice_vs_truth']:.6f}" if s["dice_vs_truth"] is not None else ""
         verdict = "PASS" if c.passed else "FAIL (" + "; ".join(c.failures) + ")"
-        lines.append(f"{c.spec.path.name} [{c.precision}]: dice vs reference {s['dice']:.6f} "
+        lines.append(f"{c.spec.label} [{c.precision}]: dice vs reference {s['dice']:.6f} "
                      f"(min {c.tolerance.min_dice}), IoU {s['iou']:.6f}, worst {s['worst_image']} "
                      f"{s['worst_image_dice']:.6f}, max |dp| {s['max_abs_diff']:.3g}, "
                      f"flipped {100 * s['flipped_fraction']:.4f}%{truth}: {verdict}")

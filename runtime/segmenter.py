@@ -37,16 +37,19 @@ import numpy as np
 from . import masks, postprocess
 from .atomic import atomic_path, write_text
 from .backends.base import Backend, as_backend, load_backend
-from .errors import FlexunetError, ModelError
+from .errors import FlexunetError, ImageReadError, ModelError
 from .imageio import expand_inputs, read_image, write_image
 from .modelinfo import ModelInfo
 from .pipeline import Layout, Pipeline, SlideTask
 from .segment import predict_tiled, predict_whole
+from . import tiling
 from .tiling import BLEND_MODES
 
 log = logging.getLogger("flexunet")
 
 RECORD_DIR = ".flexunet_done"
+FIT = "fit"            # tile="fit": the tile that computes the least area for the image size
+FIT_MAX_SIDE = 1536    # largest fitted tile side (bounds activation memory)
 _NAME_SUFFIXES = ("", "_color", "_overlay", "_prob")  # every output of a stem starts with one of these
 _UNSAFE = str.maketrans({c: "_" for c in '/\\:*?"<>|' + "".join(map(chr, range(32)))})
 
@@ -328,6 +331,8 @@ class Segmenter:
                 raise FlexunetError(f"{where}: the model's input is fixed at {fixed[0]}x{fixed[1]}; "
                                     f"tile {tile} is not possible (leave it out)")
             self.tile = tuple(fixed)
+        elif tile == FIT:
+            self.tile = None  # chosen from the first image's size (fit_tile)
         else:
             th, tw = _size_pair(tile, "tile") if tile is not None else info.tile_size
             self.tile = (_round_up(th, info.multiple), _round_up(tw, info.multiple))
@@ -335,13 +340,13 @@ class Segmenter:
                 raise FlexunetError(f"{where}: {self.backend.name} cannot run {self.tile[0]}x{self.tile[1]} "
                                     "tiles; choose another tile size")
         self.whole = bool(whole)
-        if self.tile is None:
+        self.fit = tile == FIT and self.tile is None and not self.whole
+        if self.whole:
             self.overlap = 0
         elif overlap is None:
-            self.overlap = min(int(info.overlap), min(self.tile) // 2)
-        elif not 0 <= overlap < min(self.tile):
-            raise FlexunetError(f"overlap must be at least 0 and smaller than the tile "
-                                f"{self.tile[0]}x{self.tile[1]}, got {overlap}")
+            self.overlap = int(info.overlap) if self.fit else min(int(info.overlap), min(self.tile) // 2)
+        elif not 0 <= overlap < min(self.tile or (FIT_MAX_SIDE // 2, FIT_MAX_SIDE // 2)):
+            raise FlexunetError(f"overlap must be at least 0 and smaller than the tile, got {overlap}")
         else:
             self.overlap = int(overlap)
         self.blend = blend or info.blend
@@ -366,6 +371,8 @@ class Segmenter:
         """One line: how images are cut and batched."""
         if self.whole:
             how = f"whole image (padded to a multiple of {self.info.multiple})"
+        elif self.tile is None:
+            how = f"tiles fitted to the image size (up to {FIT_MAX_SIDE} px), overlap {self.overlap}, {self.blend} blend"
         else:
             how = f"tiles {self.tile[0]}x{self.tile[1]}, overlap {self.overlap}, {self.blend} blend"
         return f"{how}, batch {self.batch_size}"
@@ -386,8 +393,13 @@ class Segmenter:
         if self.whole:
             probs = predict_whole(x, self.backend.predict, self.info.multiple)
         else:
-            probs = predict_tiled(x, self.backend.predict, self.tile, self.overlap, self.blend, self.batch_size)
+            tile = self.fitted_tile(*image.shape[:2]) if self.fit else self.tile
+            probs = predict_tiled(x, self.backend.predict, tile, self.overlap, self.blend, self.batch_size)
         return self._finish(image, probs)
+
+    def fitted_tile(self, height: int, width: int) -> tuple[int, int]:
+        """The tile with the least computed area for an image of this size (``tile="fit"``)."""
+        return tiling.fit_tile(height, width, self.overlap, self.info.multiple, FIT_MAX_SIDE)
 
     def _finish(self, image: np.ndarray, probs: np.ndarray) -> SegmentResult:
         """Probabilities -> labels (threshold or argmax), then the optional clean-up."""
@@ -434,6 +446,15 @@ class Segmenter:
                 report("resumed", task)
             else:
                 todo.append(task)
+        if self.fit and self.tile is None:  # one tile size for the whole run: fitted to the first image
+            for task in todo:
+                try:
+                    self.tile = self.fitted_tile(*read_image(task.path).shape[:2])
+                    break
+                except ImageReadError:
+                    continue
+            else:
+                self.tile = self.info.tile_size
         pipeline = Pipeline(
             self.backend, self.layout(), read=read_image, prepare=self.info.preprocess,
             finish=lambda task, image, probs: self._finish(image, probs), write=outputs.write,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from runtime import tiling
 from runtime.tiling import (
     Stitcher,
     TileGrid,
@@ -405,3 +406,38 @@ def test_stitcher_errors():
         Stitcher(3, 10, 1, window)                              # window taller than the image
     with pytest.raises(ValueError):
         Stitcher(10, 10, 1, np.zeros((4, 4), np.float32))       # not strictly positive
+
+
+# ---------------------------------------------------------------------------------------------
+# fit_tile: the tile that computes the least area
+
+
+@pytest.mark.parametrize("h,w,overlap,multiple,max_side,expected", [
+    (1920, 2560, 64, 32, 1536, (992, 1312)),   # 2 x 2 tiles, 5.2 Mpx (30 tiles of 512: 7.9 Mpx)
+    (512, 512, 64, 32, 1536, (512, 512)),      # one tile, no padding
+    (100, 70, 64, 32, 1536, (128, 96)),        # small image: one tile just larger than the overlap
+])
+def test_fit_tile_known_cases(h, w, overlap, multiple, max_side, expected):
+    assert tiling.fit_tile(h, w, overlap, multiple, max_side) == expected
+
+
+def test_fit_tile_is_minimal_and_valid():
+    rng = np.random.default_rng(7)
+    for _ in range(40):
+        h, w = (int(v) for v in rng.integers(1, 5000, 2))
+        overlap, multiple, max_side = int(rng.choice([0, 16, 64])), int(rng.choice([1, 8, 32])), int(rng.choice([256, 1024]))
+        th, tw = tiling.fit_tile(h, w, overlap, multiple, max_side)
+        assert th % multiple == 0 and tw % multiple == 0 and overlap < min(th, tw) and max(th, tw) <= max_side
+        ph, pw, grid = tiling.plan(h, w, th, tw, overlap)
+        area = len(grid) * th * tw
+        # no square tile of the allowed sizes computes less area
+        smallest = -(-(overlap + 1) // multiple) * multiple
+        for side in np.linspace(smallest, max_side, 12).astype(int) // multiple * multiple:
+            side = int(max(side, smallest))
+            _, _, g = tiling.plan(h, w, side, side, overlap)
+            assert area <= len(g) * side * side
+
+
+def test_fit_tile_rejects_impossible_geometry():
+    with pytest.raises(ValueError):
+        tiling.fit_tile(100, 100, overlap=64, multiple=32, max_side=64)

@@ -39,10 +39,10 @@ class KerasBackend(Backend):
         info = ModelInfo.from_config(load_config(config_path))
         keras = _import_keras()
         try:
-            self._model = keras.models.load_model(self.path, compile=False)
+            self.model = keras.models.load_model(self.path, compile=False)
         except (OSError, ValueError, TypeError) as exc:
             raise ModelError(f"{self.path}: cannot load the Keras model ({first_line(exc)})") from None
-        _, height, width, channels = self._model.input_shape
+        _, height, width, channels = self.model.input_shape
         check_channels(self.path, info, channels)
         if height is not None and width is not None:
             self.fixed_size = (int(height), int(width))
@@ -52,11 +52,11 @@ class KerasBackend(Backend):
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities for a batch (``predict_on_batch``, inference mode)."""
-        return np.asarray(self._model.predict_on_batch(np.asarray(batch, dtype=np.float32)), dtype=np.float32)
+        return np.asarray(self.model.predict_on_batch(np.asarray(batch, dtype=np.float32)), dtype=np.float32)
 
     def close(self) -> None:
         """Drop the model."""
-        self._model = None
+        self.model = None
 
 
 def _import_keras():
