@@ -32,6 +32,13 @@ import numpy as np  # noqa: E402
 from benchmarks.common import PeakRSS, write_results  # noqa: E402
 
 
+def _tile(text: str | None):
+    if text is None or text == "fit":
+        return text
+    h, _, w = text.lower().partition("x")
+    return (int(h), int(w or h))
+
+
 def _rss_child(args) -> None:
     """Child process: a folder run over N slides (the folder repeated), printing peak RSS as JSON."""
     from runtime import Segmenter
@@ -48,7 +55,8 @@ def _rss_child(args) -> None:
                 os.link(src, dest)
             except OSError:
                 shutil.copyfile(src, dest)
-        with PeakRSS() as rss, Segmenter(args.onnx, backend=args.backend, batch_size=args.batch_size) as seg:
+        with PeakRSS() as rss, Segmenter(args.onnx, backend=args.backend, batch_size=args.batch_size,
+                                         tile=_tile(args.tile)) as seg:
             t = time.perf_counter()
             summary = seg.segment_folder([folder], Path(tmp) / "out")
             wall = time.perf_counter() - t
@@ -63,6 +71,7 @@ def main(argv=None):
     ap.add_argument("--masks", type=Path, default=None, help="ground-truth masks (same names)")
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--tile", default=None, help="N, HxW or fit (default: the model's input size)")
     ap.add_argument("--seed-slides", type=int, default=4, help="slides for the (slow) seed-style loop")
     ap.add_argument("--rss-slides", type=int, default=100)
     ap.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
@@ -79,8 +88,11 @@ def main(argv=None):
     from runtime.seedstyle import seed_style_labels
 
     slides = list_images(args.slides)
-    seg = Segmenter(args.onnx, backend=args.backend, batch_size=args.batch_size)
-    info, layout = seg.info, seg.layout()
+    seg = Segmenter(args.onnx, backend=args.backend, batch_size=args.batch_size, tile=_tile(args.tile))
+    info = seg.info
+    if seg.fit:  # the tile segment_folder will choose: fitted to the first slide
+        seg.tile = seg.fitted_tile(*read_image(slides[0]).shape[:2])
+    layout = seg.layout()
     th, tw = layout.tile
     overlap = layout.overlap
     print(f"{len(slides)} slides; backend {seg.describe()}; tile {th}x{tw}, overlap {overlap}, "
@@ -143,7 +155,8 @@ def main(argv=None):
     # 4. memory for a long folder, in a fresh process
     child = subprocess.run([sys.executable, __file__, "--rss-child", "--onnx", str(args.onnx), "--keras",
                             str(args.keras), "--slides", str(args.slides), "--backend", args.backend,
-                            "--batch-size", str(args.batch_size), "--rss-slides", str(args.rss_slides)],
+                            "--batch-size", str(args.batch_size), "--rss-slides", str(args.rss_slides)]
+                           + (["--tile", args.tile] if args.tile else []),
                            capture_output=True, text=True, check=True)
     rss = json.loads(child.stdout.strip().splitlines()[-1])
 
