@@ -85,7 +85,7 @@ VARIANT_BASE = dict(image_height=128, image_width=128, image_channels=3, num_cla
 GB = 1024 ** 3
 
 # The low-memory exporter ("fixed" method) is the project's own: export/keras2onnx.py.
-from export.keras2onnx import MB, PROTOBUF_LIMIT, export_keras_to_onnx  # noqa: E402
+from export.keras2onnx import MB, export_keras_to_onnx  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------

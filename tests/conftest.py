@@ -8,6 +8,8 @@ padding is translation-equivariant except within 1 pixel of the border of its in
 """
 from __future__ import annotations
 
+import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -110,3 +112,23 @@ def thread_baseline():
         raise AssertionError(f"threads still alive: {[t.name for t in extra]}")
 
     return check
+
+
+TF_ENV_KEYS = ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS", "GRPC_VERBOSITY")
+
+
+@pytest.fixture
+def isolate_cli(monkeypatch):
+    """The CLI configures the "flexunet" logger (stderr handler, propagate=False) and sets TF
+    environment variables; undo both after each test so other test files are unaffected."""
+    for key in TF_ENV_KEYS:
+        if key in os.environ:
+            monkeypatch.setenv(key, os.environ[key])
+        else:
+            monkeypatch.delenv(key, raising=False)
+    log = logging.getLogger("flexunet")
+    saved = (list(log.handlers), log.level, log.propagate)
+    yield
+    log.handlers[:] = saved[0]
+    log.setLevel(saved[1])
+    log.propagate = saved[2]

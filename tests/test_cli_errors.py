@@ -5,7 +5,6 @@ a few run ``python -m runtime.cli`` for real to check the process's exit status 
 """
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
 import sys
@@ -21,24 +20,9 @@ from runtime.config import CONFIG_FILENAME
 from runtime.errors import EXIT_CODES_HELP
 from runtime.imageio import write_image
 
-TF_ENV_KEYS = ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS", "GRPC_VERBOSITY")
 
 
-@pytest.fixture(autouse=True)
-def _isolate_cli_side_effects(monkeypatch):
-    """The CLI configures the "flexunet" logger (stderr handler, propagate=False) and sets TF
-    environment variables; undo both after each test so other test files are unaffected."""
-    for key in TF_ENV_KEYS:
-        if key in os.environ:
-            monkeypatch.setenv(key, os.environ[key])
-        else:
-            monkeypatch.delenv(key, raising=False)
-    log = logging.getLogger("flexunet")
-    saved = (list(log.handlers), log.level, log.propagate)
-    yield
-    log.handlers[:] = saved[0]
-    log.setLevel(saved[1])
-    log.propagate = saved[2]
+pytestmark = pytest.mark.usefixtures("isolate_cli")
 
 
 def run(*args: str):

@@ -1,8 +1,6 @@
 """``flexunet infer`` through click's CliRunner: outputs, backend line, stage table, exit codes."""
 from __future__ import annotations
 
-import logging
-import os
 
 import numpy as np
 import pytest
@@ -11,23 +9,9 @@ from click.testing import CliRunner
 from runtime.cli import cli
 from runtime.errors import EXIT_CODES_HELP, EXIT_OK, EXIT_SKIPPED, EXIT_USAGE
 
-TF_ENV_KEYS = ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS", "GRPC_VERBOSITY")
 
 
-@pytest.fixture(autouse=True)
-def _isolate_cli_side_effects(monkeypatch):
-    """The CLI configures the "flexunet" logger and sets TF environment variables; undo both."""
-    for key in TF_ENV_KEYS:
-        if key in os.environ:
-            monkeypatch.setenv(key, os.environ[key])
-        else:
-            monkeypatch.delenv(key, raising=False)
-    log = logging.getLogger("flexunet")
-    saved = (list(log.handlers), log.level, log.propagate)
-    yield
-    log.handlers[:] = saved[0]
-    log.setLevel(saved[1])
-    log.propagate = saved[2]
+pytestmark = pytest.mark.usefixtures("isolate_cli")
 
 
 def infer(*args):

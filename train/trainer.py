@@ -298,8 +298,6 @@ class TrainResult:
 
 def train(cfg: Config, epochs: int | None = None) -> TrainResult:
     """Train the config's UNet; returns where the best model is and how training went."""
-    import keras
-
     t = cfg.train
     if epochs is not None:
         t.epochs = epochs
