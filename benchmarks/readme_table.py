@@ -1,0 +1,106 @@
+"""The README's model table: Keras vs ONNX FP32 vs ONNX INT8 on the real 2560x1920 slides.
+
+    python benchmarks/readme_table.py --keras projects/Tiled-MultipleMyeloma/reduced/models/best_model.keras \
+        --data-root ../shared/data
+
+Runs the commands a user would run, in this order: `flexunet export` (FP32 + INT8 calibrated on
+the project's training slides), `flexunet parity` (Keras reference vs both ONNX models on the
+held-out [test] slides, with ground truth), and `flexunet bench` for each model on all slides with
+`--baseline seed` (the seed-style loop timed in the same run, so each ratio comes from one run).
+Writes benchmarks/results/readme_table.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.common import write_results  # noqa: E402
+
+
+def flexunet(*args) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "runtime.cli", *[str(a) for a in args]]
+    print("$ flexunet " + " ".join(str(a) for a in args), flush=True)
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--keras", type=Path, required=True)
+    ap.add_argument("--data-root", type=Path, required=True)
+    ap.add_argument("--config", type=Path, default=None, help="default: the one training recorded")
+    ap.add_argument("--baseline-slides", type=int, default=2)
+    args = ap.parse_args(argv)
+
+    from export.exporter import find_config
+    from runtime.config import load_config
+    from train.dataset import split_pairs
+
+    cfg_path, root = find_config(args.keras, args.config, args.data_root)
+    cfg = load_config(cfg_path, data_root=root)
+    train, test = split_pairs(cfg, "train"), split_pairs(cfg, "test")
+    slides = cfg.train.image_datapath
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        calib, held = tmp / "calibration", tmp / "test"
+        for folder, pairs in ((calib, train), (held, test)):
+            folder.mkdir()
+            for p in pairs:
+                os.link(p.image, folder / p.image.name)
+        out = tmp / "export"
+        r = flexunet("export", args.keras, "-o", out, "--config", cfg_path, "--data-root", root, "--int8",
+                     "--calibration-images", calib, "--int8-min-dice", "0")
+        if r.returncode:
+            sys.exit(r.stderr)
+        export_report = json.loads((out / "export_report.json").read_text())
+        models = {"Keras": args.keras, "ONNX FP32": out / "model.onnx", "ONNX INT8": out / "model.int8.onnx"}
+
+        r = flexunet("parity", held, "--reference", args.keras, "--candidate", models["ONNX FP32"],
+                     "--candidate", models["ONNX INT8"], "--masks", test[0].mask.parent,
+                     "--config", cfg_path, "-o", tmp / "parity")
+        parity = json.loads((tmp / "parity" / "parity.json").read_text())
+
+        bench = {}
+        for name, model in models.items():
+            r = flexunet("bench", model, slides, "--batch-sizes", "4", "--repeat", "5", "--runs", "1",
+                         "--baseline", "seed", "--keras", args.keras, "--baseline-slides", args.baseline_slides,
+                         "--config", cfg_path, "-o", tmp / f"bench_{name.replace(' ', '_')}")
+            if r.returncode:
+                sys.exit(r.stderr)
+            bench[name] = json.loads((tmp / f"bench_{name.replace(' ', '_')}" / "bench.json").read_text())
+
+    ref = parity["reference"]
+    cands = {Path(c["model"]).name: c for c in parity["candidates"]}
+    rows = []
+    for name, model in models.items():
+        b = bench[name]
+        e2e, base = b["end_to_end"], b["baseline"]
+        if name == "Keras":
+            vs_keras, vs_truth, verdict = 1.0, ref.get("dice_vs_truth"), "reference"
+        else:
+            c = cands[Path(model).name]
+            vs_keras, vs_truth, verdict = c["overall"]["dice"], c["overall"].get("dice_vs_truth"), c["verdict"]
+        rows.append({"model": name, "slides_per_s": e2e["slides_per_s"], "ratio_vs_seed": base["ratio"],
+                     "seed_slides_per_s": base["slides_per_s"], "dice_vs_keras": vs_keras,
+                     "dice_vs_truth": vs_truth, "parity": verdict})
+    md = ["| model | slides/s (16 slides, end to end) | vs seed-style loop (same run) | mask dice vs Keras "
+          f"({len(test)} held-out slides) | dice vs ground truth | parity verdict |", "|---|---|---|---|---|---|"]
+    for r_ in rows:
+        truth = f"{r_['dice_vs_truth']:.4f}" if r_["dice_vs_truth"] is not None else "–"
+        md.append(f"| {r_['model']} | {r_['slides_per_s']:.3f} | {r_['ratio_vs_seed']:.2f}x | "
+                  f"{r_['dice_vs_keras']:.4f} | {truth} | {r_['parity']} |")
+    text = "\n".join(md) + "\n"
+    print(text)
+    write_results("readme_table", {"rows": rows, "parity": parity, "bench": bench,
+                                   "export": export_report["artifacts"]}, text)
+
+
+if __name__ == "__main__":
+    main()
