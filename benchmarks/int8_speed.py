@@ -49,17 +49,18 @@ def main(argv=None):
         info = ox.read_info(out / "model.onnx")
         # timing/dice tiles: a different draw (seed) from the calibration tiles
         tiles = tiles_from_images(list_images(args.images), info, args.tiles, seed=12345)
-        fp32 = ox.ort_session(out / "model.onnx", args.threads)
-        int8 = ox.ort_session(out / "model.int8.onnx", args.threads)
-        p32 = ox.ort_predict(fp32, tiles)
-        p8 = ox.ort_predict(int8, tiles)
+        from runtime.backends.onnx import OnnxBackend
+
+        fp32 = OnnxBackend(out / "model.onnx", provider="cpu", threads=args.threads)
+        int8 = OnnxBackend(out / "model.int8.onnx", provider="cpu", threads=args.threads)
+        p32 = ox.predict_batches(fp32.predict, tiles)
+        p8 = ox.predict_batches(int8.predict, tiles)
         agree = ox.agreement(p32, p8, info.threshold)
         rows = []
         for bs in [int(b) for b in args.batch_sizes.split(",")]:
             batch = tiles[:bs]
-            name = fp32.get_inputs()[0].name
-            t32 = timeit(lambda: fp32.run(None, {name: batch}), args.repeat, warmup=2)
-            t8 = timeit(lambda: int8.run(None, {name: batch}), args.repeat, warmup=2)
+            t32 = timeit(lambda: fp32.predict(batch), args.repeat, warmup=2)
+            t8 = timeit(lambda: int8.predict(batch), args.repeat, warmup=2)
             l32, l8 = percentiles(t32), percentiles(t8)
             rows.append({"batch": bs, "fp32_ms_per_tile": 1e3 * l32["p50"] / bs,
                          "int8_ms_per_tile": 1e3 * l8["p50"] / bs, "speedup": l32["p50"] / l8["p50"],

@@ -81,7 +81,6 @@ def main(argv=None):
         return _rss_child(args)
 
     from runtime import Segmenter
-    from runtime import tiling
     from runtime.imageio import list_images, read_image, read_mask
     from runtime.masks import binary_labels
     from runtime.metrics import dice
@@ -99,12 +98,7 @@ def main(argv=None):
           f"batch {args.batch_size}", flush=True)
 
     # 1. bare model compute on exactly the tiles the pipeline will run
-    tiles = []
-    for p in slides:
-        x = info.preprocess(read_image(p))
-        ph, pw, grid = tiling.plan(x.shape[0], x.shape[1], th, tw, overlap)
-        tiles.append(tiling.extract_tiles(tiling.pad_image(x, ph, pw), grid))
-    tiles = np.concatenate(tiles)
+    tiles = np.concatenate([layout.tiles(info.preprocess(read_image(p))) for p in slides])
     backend = seg.backend
     backend.predict(tiles[:args.batch_size])  # warm-up
     t = time.perf_counter()

@@ -130,8 +130,7 @@ def run_export(model_path: Path, opts: ExportOptions) -> dict:
         tmp = Path(tmpname)
         # FP32 ONNX
         _, t_conv = ox.timed(ox.convert, model, tmp / "model.onnx", info, opts.opset)
-        fp32 = ox.ort_session(tmp / "model.onnx")
-        onnx_probs = ox.ort_predict(fp32, verify)
+        onnx_probs = ox.onnx_predict(tmp / "model.onnx", verify)
         a = ox.agreement(keras_probs, onnx_probs, info.threshold)
         ox.check_fp32(a, "model.onnx")
         report["artifacts"]["model.onnx"] = {"precision": "fp32", "opset": opts.opset,
@@ -141,7 +140,7 @@ def run_export(model_path: Path, opts: ExportOptions) -> dict:
 
         if opts.optimize:
             _, t = ox.timed(cpu.optimize, tmp / "model.onnx", tmp / "model.opt.onnx")
-            a = ox.agreement(keras_probs, ox.ort_predict(ox.ort_session(tmp / "model.opt.onnx"), verify))
+            a = ox.agreement(keras_probs, ox.onnx_predict(tmp / "model.opt.onnx", verify))
             ox.check_fp32(a, "model.opt.onnx")
             report["artifacts"]["model.opt.onnx"] = {"precision": "fp32", "seconds": round(t, 2),
                                                      "bytes": ox.file_size(tmp / "model.opt.onnx"),
@@ -151,7 +150,7 @@ def run_export(model_path: Path, opts: ExportOptions) -> dict:
         if opts.int8:
             _, t = ox.timed(cpu.quantize_int8, tmp / "model.onnx", tmp / "model.int8.onnx", calib,
                             info.input_name)
-            int8_probs = ox.ort_predict(ox.ort_session(tmp / "model.int8.onnx"), verify)
+            int8_probs = ox.onnx_predict(tmp / "model.int8.onnx", verify)
             vs_fp32 = ox.agreement(onnx_probs, int8_probs, info.threshold)
             vs_keras = ox.agreement(keras_probs, int8_probs, info.threshold)
             report["artifacts"]["model.int8.onnx"] = {

@@ -75,26 +75,23 @@ def read_info(onnx_path: Path) -> ModelInfo:
     return ModelInfo.from_metadata({p.key: p.value for p in proto.metadata_props}, str(onnx_path))
 
 
-def ort_session(onnx_path: Path, threads: int | None = None):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-    return ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
-
-
-def ort_predict(session, tiles: np.ndarray, batch_size: int = 4) -> np.ndarray:
-    name = session.get_inputs()[0].name
-    outs = [session.run(None, {name: tiles[i:i + batch_size]})[0] for i in range(0, len(tiles), batch_size)]
+def predict_batches(predict, tiles: np.ndarray, batch_size: int = 4) -> np.ndarray:
+    """``predict`` over ``tiles`` in batches, concatenated as float32."""
+    outs = [np.asarray(predict(tiles[i:i + batch_size])) for i in range(0, len(tiles), batch_size)]
     return np.concatenate(outs).astype(np.float32)
 
 
 def keras_predict(model, tiles: np.ndarray, batch_size: int = 4) -> np.ndarray:
-    outs = [np.asarray(model.predict_on_batch(tiles[i:i + batch_size]))
-            for i in range(0, len(tiles), batch_size)]
-    return np.concatenate(outs).astype(np.float32)
+    return predict_batches(model.predict_on_batch, tiles, batch_size)
+
+
+def onnx_predict(onnx_path: Path, tiles: np.ndarray, batch_size: int = 4) -> np.ndarray:
+    """An exported artifact run the way production runs it: the runtime's ONNX Runtime backend
+    (CPU), which also reads and checks its metadata."""
+    from runtime.backends.onnx import OnnxBackend
+
+    with OnnxBackend(onnx_path, provider="cpu") as backend:
+        return predict_batches(backend.predict, tiles, batch_size)
 
 
 @dataclass

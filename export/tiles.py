@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime import tiling
 from runtime.errors import FlexunetError, ImageReadError
 from runtime.imageio import expand_inputs, read_image
 from runtime.modelinfo import ModelInfo
+from runtime.segment import Layout
 
 log = logging.getLogger("flexunet")
 
@@ -24,7 +24,7 @@ def tiles_from_images(paths: list[Path], info: ModelInfo, count: int, seed: int 
 
     Unreadable files are skipped with a warning; no readable image at all is an error.
     """
-    th, tw = info.tile_size
+    layout = Layout(info.tile_size, overlap)
     per_image: list[np.ndarray] = []
     bad = []
     for p in paths:
@@ -33,9 +33,7 @@ def tiles_from_images(paths: list[Path], info: ModelInfo, count: int, seed: int 
         except ImageReadError as exc:
             bad.append(str(exc))
             continue
-        x = info.preprocess(img)
-        ph, pw, grid = tiling.plan(x.shape[0], x.shape[1], th, tw, overlap)
-        per_image.append(tiling.extract_tiles(tiling.pad_image(x, ph, pw), grid))
+        per_image.append(layout.tiles(info.preprocess(img)))
     for msg in bad:
         log.warning(f"skipped {msg}")
     if not per_image:

@@ -178,8 +178,7 @@ def sample_tiles(paths: Sequence[Path], segmenter, count: int, seed: int = 0) ->
             image = read_image(path)
         except ImageReadError:
             continue
-        padded, (th, tw), corners, _ = layout.cut(info.preprocess(image))
-        tiles += [np.array(padded[y:y + th, x:x + tw]) for y, x in corners[:count - len(tiles)]]
+        tiles += list(layout.tiles(info.preprocess(image))[:count - len(tiles)])
     source = "image tiles"
     if not tiles:
         th, tw = segmenter.tile

@@ -46,6 +46,7 @@ import numpy as np
 from . import tiling
 from .backends.base import Backend
 from .errors import ImageReadError, ModelError
+from .segment import Layout
 
 log = logging.getLogger("flexunet")
 
@@ -64,38 +65,6 @@ class SlideTask:
     index: int
     path: Path
     name: str
-
-
-@dataclass(frozen=True)
-class Layout:
-    """How an image is cut into model inputs.
-
-    Attributes:
-        tile: ``(height, width)`` of the tiles, or None for one pass over the whole image.
-        overlap: minimum overlap of neighbouring tiles (and the cosine ramp length), pixels.
-        blend: blending window of overlapping tiles: ``cosine``, ``gaussian`` or ``none``.
-        multiple: whole-image passes pad the image to a multiple of this.
-    """
-
-    tile: tuple[int, int] | None
-    overlap: int = 0
-    blend: str = "cosine"
-    multiple: int = 1
-
-    def cut(self, image: np.ndarray) -> tuple[np.ndarray, tuple[int, int], list[tuple[int, int]], np.ndarray | None]:
-        """``(padded image, tile size, tile corners, blending window or None for a whole pass)``.
-
-        The image is reflect-padded at the bottom/right: to a tile when smaller than one, or to
-        ``multiple`` for a whole pass; tiles are never resized.
-        """
-        h, w = image.shape[:2]
-        if self.tile is None:
-            ph, pw = tiling.padded_size(h, w, 1, 1, self.multiple)
-            return tiling.pad_image(image, ph, pw, mode="reflect"), (ph, pw), [(0, 0)], None
-        th, tw = self.tile
-        ph, pw, grid = tiling.plan(h, w, th, tw, self.overlap)
-        window = tiling.blend_window(th, tw, self.blend, self.overlap)
-        return tiling.pad_image(image, ph, pw, mode="reflect"), (th, tw), list(grid), window
 
 
 @dataclass
