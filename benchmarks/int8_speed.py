@@ -30,6 +30,7 @@ def main(argv=None):
     ap.add_argument("--batch-sizes", default="1,4")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--int8-weights", choices=["auto", "7", "8"], default="auto")
     ap.add_argument("--name", default="int8_speed")
     args = ap.parse_args(argv)
 
@@ -45,7 +46,8 @@ def main(argv=None):
         out = Path(tmp)
         report = run_export(args.model, ExportOptions(
             out_dir=out, config=args.config, data_root=args.data_root, int8=True,
-            calibration_images=args.images, calibration_count=args.calibration_count, int8_min_dice=0.0))
+            calibration_images=args.images, calibration_count=args.calibration_count, int8_min_dice=0.0,
+            int8_weights=args.int8_weights))
         info = ox.read_info(out / "model.onnx")
         # timing/dice tiles: a different draw (seed) from the calibration tiles
         tiles = tiles_from_images(list_images(args.images), info, args.tiles, seed=12345)
@@ -70,7 +72,9 @@ def main(argv=None):
     tile = f"{tiles.shape[1]}x{tiles.shape[2]}"
     md = [f"# INT8 vs FP32 ONNX Runtime (CPU), {tile} tiles", "",
           f"model: `{args.model}` ({report['parameters']:,} parameters); tiles: {len(tiles)} real tiles from "
-          f"`{args.images}`; INT8 calibrated on {args.calibration_count} other tiles", "",
+          f"`{args.images}`; INT8 calibrated on {args.calibration_count} other tiles, "
+          f"{report['artifacts']['model.int8.onnx']['weight_bits']}-bit weights; CPU VNNI: "
+          f"{report['artifacts']['model.int8.onnx']['cpu_has_vnni']}", "",
           "| batch | FP32 ms/tile | INT8 ms/tile | speed-up |", "|---|---|---|---|"]
     for r in rows:
         md.append(f"| {r['batch']} | {r['fp32_ms_per_tile']:.1f} | {r['int8_ms_per_tile']:.1f} | {r['speedup']:.2f}x |")

@@ -27,6 +27,9 @@ from runtime.errors import EXIT_CODES_HELP
               help="Number of calibration tiles.")
 @click.option("--int8-min-dice", type=click.FloatRange(0, 1), default=0.99, show_default=True,
               help="Refuse the INT8 model if its mask dice against FP32 is lower.")
+@click.option("--int8-weights", type=click.Choice(["auto", "7", "8"]), default="auto", show_default=True,
+              help="INT8 weight range: 8 bits, or 7 bits for CPUs without VNNI (whose kernels saturate "
+                   "with 8-bit weights); auto picks by this machine's CPU.")
 @click.option("--trt", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
               help="Build a TensorRT engine (needs TensorRT and a CUDA GPU).")
 @click.option("--min-batch", type=click.IntRange(1), default=1, show_default=True)
@@ -36,7 +39,7 @@ from runtime.errors import EXIT_CODES_HELP
               help="Also write a Triton model repository here.")
 @handle_errors
 def export_cmd(model, out_dir, config, data_root, dynamic_size, opset, optimize, int8, calibration_images,
-               calibration_count, int8_min_dice, trt, min_batch, opt_batch, max_batch, triton_repo):
+               calibration_count, int8_min_dice, int8_weights, trt, min_batch, opt_batch, max_batch, triton_repo):
     """Export MODEL (.keras) to ONNX with metadata, verified against Keras; optionally optimised and
     INT8 ONNX, a TensorRT engine and a Triton repository."""
     if not (min_batch <= opt_batch <= max_batch):
@@ -46,7 +49,7 @@ def export_cmd(model, out_dir, config, data_root, dynamic_size, opset, optimize,
 
     opts = ExportOptions(out_dir=out_dir, config=config, data_root=data_root, dynamic_size=dynamic_size,
                          opset=opset, optimize=optimize, int8=int8, calibration_images=calibration_images,
-                         calibration_count=calibration_count, int8_min_dice=int8_min_dice, trt=trt,
+                         calibration_count=calibration_count, int8_min_dice=int8_min_dice, int8_weights=int8_weights, trt=trt,
                          min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, triton_repo=triton_repo)
     report = run_export(model, opts)
     for name, a in report["artifacts"].items():

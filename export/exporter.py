@@ -36,6 +36,7 @@ class ExportOptions:
     calibration_images: Path | None = None
     calibration_count: int = 64
     int8_min_dice: float = INT8_MIN_DICE
+    int8_weights: str = "auto"
     trt: str | None = None
     min_batch: int = 1
     opt_batch: int = 4
@@ -148,14 +149,16 @@ def run_export(model_path: Path, opts: ExportOptions) -> dict:
             names.append("model.opt.onnx")
 
         if opts.int8:
+            bits = cpu.int8_weight_bits(opts.int8_weights)
             _, t = ox.timed(cpu.quantize_int8, tmp / "model.onnx", tmp / "model.int8.onnx", calib,
-                            info.input_name)
+                            info.input_name, weight_bits=bits)
             int8_probs = ox.onnx_predict(tmp / "model.int8.onnx", verify)
             vs_fp32 = ox.agreement(onnx_probs, int8_probs, info.threshold)
             vs_keras = ox.agreement(keras_probs, int8_probs, info.threshold)
             report["artifacts"]["model.int8.onnx"] = {
                 "precision": "int8", "seconds": round(t, 2), "bytes": ox.file_size(tmp / "model.int8.onnx"),
                 "calibration": {"folder": str(opts.calibration_images), "tiles": int(len(calib))},
+                "weight_bits": bits, "cpu_has_vnni": cpu.cpu_has_vnni(),
                 "vs_fp32": vs_fp32.to_dict(), "vs_keras": vs_keras.to_dict()}
             if vs_fp32.dice < opts.int8_min_dice:
                 raise VerificationError(

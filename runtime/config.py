@@ -366,6 +366,7 @@ class TrainConfig(SplitConfig):
     save_weights_only: bool = _f(False, _bool)
     validation_split: float = _f(0.2, _float(0.0, 0.9))
     seed: int | None = _f(None, _int(0, optional=True))
+    max_minutes: float | None = _f(None, _float(0.0, None, lo_open=True, optional=True))
 
 
 @dataclass

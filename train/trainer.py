@@ -204,6 +204,25 @@ def make_callbacks(cfg: Config, model_path: Path, previews: "Previewer | None"):
             print(f"epoch {epoch + 1}/{self.epochs}  " + "  ".join(parts)
                   + f"  lr {lr:.2e}  {time.perf_counter() - self.t:.1f}s", flush=True)
 
+    class TimeBudget(keras.callbacks.Callback):
+        """[train] max_minutes: stop before an epoch that would end past the budget."""
+
+        def __init__(self, minutes):
+            super().__init__()
+            self.budget = 60.0 * minutes
+            self.stopped_epoch = None
+
+        def on_train_begin(self, logs=None):
+            self.t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            elapsed = time.perf_counter() - self.t0
+            if elapsed + elapsed / (epoch + 1) > self.budget:
+                self.stopped_epoch = epoch + 1
+                self.model.stop_training = True
+                print(f"time budget: stopping after epoch {epoch + 1} ({elapsed / 60:.1f} of "
+                      f"{self.budget / 60:g} minutes; [train] max_minutes)", flush=True)
+
     class PreviewCallback(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             previews.run(self.model, epoch + 1)
@@ -217,6 +236,8 @@ def make_callbacks(cfg: Config, model_path: Path, previews: "Previewer | None"):
         callbacks.append(keras.callbacks.ReduceLROnPlateau(
             monitor="val_loss", factor=cfg.train.reducer_factor,
             patience=cfg.train.reducer_patience, min_lr=1e-7, verbose=1))
+    if cfg.train.max_minutes:
+        callbacks.append(TimeBudget(cfg.train.max_minutes))
     if previews is not None and previews.enabled:
         callbacks.append(PreviewCallback())
     return callbacks, best, history
