@@ -64,3 +64,31 @@ def export_cmd(model, out_dir, config, data_root, dynamic_size, opset, optimize,
     click.echo(f"verified on {report['verification_tiles']['count']} tiles "
                f"({report['verification_tiles']['source']}); report: {out_dir}/export_report.json "
                f"({report['total_seconds']:.1f}s)")
+
+
+@click.command("project", epilog=EXIT_CODES_HELP)
+@click.argument("project", type=click.Path(path_type=Path))
+@click.option("--data-root", type=click.Path(path_type=Path), default=None,
+              help="Folder holding the datasets (e.g. ../shared/data): the config's dataset paths are re-rooted here.")
+@click.option("--config", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Config to run [default: PROJECT/reduced/train_eval_infer.config, the CPU-sized variant].")
+@click.option("--skip-train", is_flag=True, help="Reuse the trained model in the config's model_dir.")
+@click.option("--epochs", type=click.IntRange(1), default=None, help="Override [train] epochs.")
+@handle_errors
+def project_cmd(project, data_root, config, skip_train, epochs):
+    """Run a dataset project end to end: train, evaluate on the held-out [test] split, export ONNX
+    FP32 + INT8, tiled inference on the held-out images, parity of both against Keras, throughput.
+
+    PROJECT is a project folder (projects/IHC) or a config file. Reports go beside the config
+    (results/, parity/, out/, export/); the project's README and projects/README.md get the figures.
+    Exit code 1 when an exported model fails its parity check.
+    """
+    import sys
+
+    from .project import resolve_config, run_project
+
+    path = resolve_config(project, config)
+    import_tensorflow_quietly()
+    _, code = run_project(path, data_root, skip_train=skip_train, epochs=epochs,
+                          say=lambda line: click.echo(line))
+    sys.exit(code)

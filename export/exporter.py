@@ -33,7 +33,7 @@ class ExportOptions:
     opset: int = ox.DEFAULT_OPSET
     optimize: bool = False
     int8: bool = False
-    calibration_images: Path | None = None
+    calibration_images: Path | list[Path] | None = None  # a folder, or image files
     calibration_count: int = 64
     int8_min_dice: float = INT8_MIN_DICE
     int8_weights: str = "auto"
@@ -157,7 +157,9 @@ def run_export(model_path: Path, opts: ExportOptions) -> dict:
             vs_keras = ox.agreement(keras_probs, int8_probs, info.threshold)
             report["artifacts"]["model.int8.onnx"] = {
                 "precision": "int8", "seconds": round(t, 2), "bytes": ox.file_size(tmp / "model.int8.onnx"),
-                "calibration": {"folder": str(opts.calibration_images), "tiles": int(len(calib))},
+                "calibration": {"images": [str(p) for p in opts.calibration_images]
+                                if isinstance(opts.calibration_images, (list, tuple))
+                                else str(opts.calibration_images), "tiles": int(len(calib))},
                 "weight_bits": bits, "cpu_has_vnni": cpu.cpu_has_vnni(),
                 "vs_fp32": vs_fp32.to_dict(), "vs_keras": vs_keras.to_dict()}
             if vs_fp32.dice < opts.int8_min_dice:

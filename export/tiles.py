@@ -46,18 +46,23 @@ def tiles_from_images(paths: list[Path], info: ModelInfo, count: int, seed: int 
     return np.ascontiguousarray(pool, dtype=np.float32)
 
 
-def calibration_tiles(folder: Path, info: ModelInfo, count: int, seed: int = 0) -> np.ndarray:
-    """Tiles for INT8 calibration from a folder of images."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FlexunetError(f"{folder}: calibration folder does not exist")
-    paths = expand_inputs([folder])
-    if not paths:
-        raise FlexunetError(f"{folder}: no images (jpg, png, tif, bmp) for calibration")
+def calibration_tiles(source, info: ModelInfo, count: int, seed: int = 0) -> np.ndarray:
+    """Tiles for INT8 calibration from a folder of images or a list of image files."""
+    if isinstance(source, (list, tuple)):
+        paths, where = [Path(p) for p in source], f"{len(source)} calibration file(s)"
+        if not paths:
+            raise FlexunetError("no calibration images given")
+    else:
+        folder = Path(source)
+        if not folder.is_dir():
+            raise FlexunetError(f"{folder}: calibration folder does not exist")
+        paths, where = expand_inputs([folder]), str(folder)
+        if not paths:
+            raise FlexunetError(f"{folder}: no images (jpg, png, tif, bmp) for calibration")
     try:
         return tiles_from_images(paths, info, count, seed)
     except FlexunetError as exc:
-        raise FlexunetError(f"{folder}: calibration: {exc}") from None
+        raise FlexunetError(f"{where}: calibration: {exc}") from None
 
 
 def verification_tiles(cfg, info: ModelInfo, count: int = 6, seed: int = 0) -> tuple[np.ndarray, str]:

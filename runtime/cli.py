@@ -23,6 +23,7 @@ COMMANDS = {
     "train": "train.cli:train_cmd",
     "evaluate": "train.cli:evaluate_cmd",
     "export": "export.cli:export_cmd",
+    "project": "export.cli:project_cmd",
     "infer": "runtime.infer_cli:infer_cmd",
     "parity": "runtime.parity_cli:parity_cmd",
     "bench": "runtime.bench_cli:bench_cmd",

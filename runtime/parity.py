@@ -368,7 +368,8 @@ def _header(text: str, right: str = "") -> np.ndarray:
     return bar
 
 
-def figure_row(image: np.ndarray, ref: np.ndarray, cand: np.ndarray, colors: Sequence, title: str) -> np.ndarray:
+def figure_row(image: np.ndarray, ref: np.ndarray, cand: np.ndarray, colors: Sequence, title: str,
+               legend: str = DIFF_LEGEND) -> np.ndarray:
     """One row of worst.png: a header, then input | reference mask | candidate mask | differences,
     each :data:`PANEL_WIDTH` px wide."""
     if image.ndim == 2 or image.shape[2] == 1:
@@ -382,7 +383,7 @@ def figure_row(image: np.ndarray, ref: np.ndarray, cand: np.ndarray, colors: Seq
     for i, panel in enumerate(panels):
         x = i * (PANEL_WIDTH + GAP)
         body[:, x:x + PANEL_WIDTH] = panel[:height]
-    return np.concatenate([_header(title, DIFF_LEGEND), body])
+    return np.concatenate([_header(title, legend), body])
 
 
 def figure_size(image_sizes: Sequence[tuple[int, int]]) -> tuple[int, int]:
