@@ -38,7 +38,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .atomic import atomic_path, write_text
-from .backends.base import Backend, cpu_threads, load_backend
+from .backends.base import Backend, cpu_info, cpu_threads, load_backend
 from .errors import FlexunetError, ImageReadError, MissingDependencyError
 from .imageio import expand_inputs, read_image, write_image
 
@@ -68,17 +68,8 @@ def machine() -> dict:
     that matter for inference (AVX*, AMX, VNNI), and library versions."""
     info = {"platform": platform.platform(), "python": platform.python_version(),
             "cores": os.cpu_count(), "usable_cores": cpu_threads()}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        text = ""
-    for line in text.splitlines():
-        if line.startswith("model name"):
-            info["cpu"] = line.split(":", 1)[1].strip()
-            break
-    else:
-        info["cpu"] = platform.processor() or platform.machine()
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    model, flags = cpu_info()
+    info["cpu"] = model or platform.processor() or platform.machine()
     info["simd"] = sorted(f for f in flags if f.startswith(("avx", "amx")) or "vnni" in f)
     try:
         import psutil

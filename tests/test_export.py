@@ -248,3 +248,16 @@ def test_trt_without_gpu_says_why(binary_model, tmp_path):
 
 def test_verification_error_is_exit_code_1():
     assert VerificationError("x").exit_code == 1
+
+
+def test_int8_weight_bits_follow_the_cpu(monkeypatch):
+    from export import cpu
+    from runtime.errors import FlexunetError
+
+    monkeypatch.setattr(cpu, "cpu_has_vnni", lambda: True)
+    assert cpu.int8_weight_bits("auto") == 8
+    monkeypatch.setattr(cpu, "cpu_has_vnni", lambda: False)
+    assert cpu.int8_weight_bits("auto") == 7
+    assert cpu.int8_weight_bits("8") == 8 and cpu.int8_weight_bits("7") == 7
+    with pytest.raises(FlexunetError, match="weight bits"):
+        cpu.int8_weight_bits("6")

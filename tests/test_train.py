@@ -222,6 +222,22 @@ def test_ctrl_c_keeps_best_model(tiles, tmp_path, monkeypatch):
     assert not list(cfg.train.model_dir.glob(".*part*")), "temporary files left behind"
 
 
+@pytest.mark.slow
+def test_time_budget_stops_training_and_keeps_the_best_model(tiles, tmp_path, monkeypatch):
+    from train import trainer
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "data").symlink_to(tiles / "data")
+    # a budget of 0.06 s: the first epoch takes longer, so the run stops after it, model saved
+    cfg = load_config(write_config(folder, epochs=20))
+    cfg.train.max_minutes = 0.001
+    cfg.train.epoch_change_infer = cfg.train.epoch_change_tiledinfer = False
+    result = trainer.train(cfg)
+    assert result.epochs_run == 1 and not result.interrupted
+    assert result.model_path.is_file()
+
+
 def test_large_datasets_stream_instead_of_caching(tiles, monkeypatch):
     """Over the cache limit the pipeline streams from disk; the batches are the same samples."""
     cfg = load_config(write_config(tiles))

@@ -124,6 +124,23 @@ def cpu_threads() -> int:
         return os.cpu_count() or 1
 
 
+def cpu_info() -> tuple[str | None, list[str]]:
+    """(CPU model name, feature flags) from /proc/cpuinfo; (None, []) where there is none."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None, []
+    model, flags = None, []
+    for line in text.splitlines():
+        if model is None and line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+        elif not flags and line.startswith("flags"):
+            flags = line.split(":", 1)[1].split()
+        if model is not None and flags:
+            break
+    return model, flags
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type name when it has none)."""
     text = str(exc).strip()
