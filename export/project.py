@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 
 from runtime import parity as par
-from runtime.atomic import write_text
+from runtime.atomic import atomic_dir, write_text
 from runtime.config import Config, class_names, load_config
 from runtime.errors import EXIT_FAILED, EXIT_OK, FlexunetError
 from runtime.imageio import read_image, write_image
@@ -174,7 +174,7 @@ def run_project(config_path: Path, data_root: Path | None = None, *, skip_train:
 
     results = _results(name, cfg, config_path, data_root, started, training, ev, report, prep, speed,
                        len(train_pairs), test_images, steps.times)
-    _write_results(base / "results", results, prep, cfg, onnx, test_pairs, base / "parity")
+    _write_results(base / "results", results, cfg, onnx, test_pairs, base / "parity")
     update_readme(project_readme(config_path), results)
     summary_path = Path(__file__).resolve().parents[1] / "projects" / "README.md"
     if config_path.resolve().is_relative_to(summary_path.parent):
@@ -257,19 +257,18 @@ def _comparison(cfg: Config, onnx: Path, pairs) -> np.ndarray | None:
     return par.stack_rows(rows) if rows else None
 
 
-def _write_results(folder: Path, results: dict, prep, cfg: Config, onnx: Path, test_pairs, parity_dir: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    write_text(folder / "results.json", json.dumps(results, indent=2) + "\n")
-    write_text(folder / "results.md", results_markdown(results) + "\n")
-    figure = _comparison(cfg, onnx, test_pairs)
-    if figure is not None:
-        write_image(folder / "comparison.png", figure)
-    for name in ("parity.md", "worst.png"):
-        if (parity_dir / name).is_file():
-            shutil.copyfile(parity_dir / name, folder / name)
-    for name in ("train_metrics.png", "train_losses.png"):
-        if (cfg.train.eval_dir / name).is_file():
-            shutil.copyfile(cfg.train.eval_dir / name, folder / name)
+def _write_results(folder: Path, results: dict, cfg: Config, onnx: Path, test_pairs, parity_dir: Path) -> None:
+    """Write the results folder as a whole: an earlier one stays intact until the new one is complete."""
+    with atomic_dir(folder) as tmp:
+        (tmp / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        (tmp / "results.md").write_text(results_markdown(results) + "\n")
+        figure = _comparison(cfg, onnx, test_pairs)
+        if figure is not None:
+            write_image(tmp / "comparison.png", figure)
+        for src in (parity_dir / "parity.md", parity_dir / "worst.png", cfg.train.eval_dir / "train_metrics.png",
+                    cfg.train.eval_dir / "train_losses.png"):
+            if src.is_file():
+                shutil.copyfile(src, tmp / src.name)
 
 
 def _f(value, fmt=".4f") -> str:

@@ -60,6 +60,7 @@ def atomic_dir(dest: str | os.PathLike) -> Iterator[Path]:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())  # a normal folder once renamed, not mkdtemp's 0700
         yield tmp
         if dest.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))

@@ -77,7 +77,7 @@ def test_resolve_config_and_name(tmp_path):
 
 
 @pytest.mark.slow
-def test_project_runs_the_whole_chain(tmp_path, data_root):
+def test_project_runs_the_whole_chain(tmp_path, data_root, monkeypatch):
     project = make_project(tmp_path)
     result = run("project", project, "--data-root", data_root)
     out = result.output
@@ -115,6 +115,22 @@ def test_project_runs_the_whole_chain(tmp_path, data_root):
     again = run("project", project, "--data-root", data_root, "--skip-train")
     assert "train: skipped" in again.output
     assert json.loads((base / "results" / "results.json").read_text())["training"] is None
+
+    # a run that fails part-way leaves the earlier results as they were
+    import export.project as project_module
+    from runtime.errors import FlexunetError
+
+    before = {p.name: p.read_bytes() for p in (base / "results").iterdir()}
+    readme_before = (project / "README.md").read_text()
+
+    def broken(*args, **kwargs):
+        raise FlexunetError("parity broke")
+
+    monkeypatch.setattr(project_module.par, "run_parity", broken)
+    failed = run("project", project, "--data-root", data_root, "--skip-train")
+    assert failed.exit_code == 2 and "error: parity broke" in failed.output
+    assert {p.name: p.read_bytes() for p in (base / "results").iterdir()} == before
+    assert (project / "README.md").read_text() == readme_before
 
 
 def test_project_says_which_data_is_missing(tmp_path):
