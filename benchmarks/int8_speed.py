@@ -31,6 +31,9 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--int8-weights", choices=["auto", "7", "8"], default="auto")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
+                    help="also time an INT8 variant made by export.cpu.quantize_int8 with these keyword "
+                         "arguments, e.g. all_int8:float_first_conv=0,rewrite=0 (repeatable)")
     ap.add_argument("--name", default="int8_speed")
     args = ap.parse_args(argv)
 
@@ -58,6 +61,20 @@ def main(argv=None):
         p32 = ox.predict_batches(fp32.predict, tiles)
         p8 = ox.predict_batches(int8.predict, tiles)
         agree = ox.agreement(p32, p8, info.threshold)
+        variants = {}
+        if args.variant:
+            from export import cpu
+            from export.tiles import calibration_tiles
+
+            calib = calibration_tiles(args.images, info, args.calibration_count)
+            bits = report["artifacts"]["model.int8.onnx"]["weight_bits"]
+            for spec in args.variant:
+                vname, kw = _variant(spec)
+                path = out / f"model.{vname}.onnx"
+                cpu.quantize_int8(out / "model.onnx", path, calib, info.input_name, **{"weight_bits": bits, **kw})
+                backend = OnnxBackend(path, provider="cpu", threads=args.threads)
+                va = ox.agreement(p32, ox.predict_batches(backend.predict, tiles), info.threshold)
+                variants[vname] = {"options": kw, "backend": backend, "vs_fp32": va.to_dict()}
         rows = []
         for bs in [int(b) for b in args.batch_sizes.split(",")]:
             batch = tiles[:bs]
@@ -67,6 +84,12 @@ def main(argv=None):
             rows.append({"batch": bs, "fp32_ms_per_tile": 1e3 * l32["p50"] / bs,
                          "int8_ms_per_tile": 1e3 * l8["p50"] / bs, "speedup": l32["p50"] / l8["p50"],
                          "fp32_latency_s": l32, "int8_latency_s": l8})
+            for v in variants.values():
+                lv = percentiles(timeit(lambda: v["backend"].predict(batch), args.repeat, warmup=2))
+                v.setdefault("rows", []).append({"batch": bs, "ms_per_tile": 1e3 * lv["p50"] / bs,
+                                                 "speedup": l32["p50"] / lv["p50"], "latency_s": lv})
+        for v in variants.values():
+            del v["backend"]
         sizes = {k: v.get("bytes") for k, v in report["artifacts"].items()}
 
     tile = f"{tiles.shape[1]}x{tiles.shape[2]}"
@@ -80,10 +103,31 @@ def main(argv=None):
         md.append(f"| {r['batch']} | {r['fp32_ms_per_tile']:.1f} | {r['int8_ms_per_tile']:.1f} | {r['speedup']:.2f}x |")
     md += ["", f"INT8 vs FP32 on the same tiles: mask dice {agree.dice:.4f}, max |Δp| {agree.max_abs_diff:.3f}, "
                f"mean |Δp| {agree.mean_abs_diff:.4f}", ""]
+    if variants:
+        md += ["INT8 variants (`quantize_int8` options; speed-up vs the FP32 time of the same batch row):", "",
+               "| variant | batch | ms/tile | speed-up | mask dice vs FP32 |", "|---|---|---|---|---|"]
+        for vname, v in variants.items():
+            opts = ", ".join(f"{k}={val}" for k, val in v["options"].items())
+            for r in v["rows"]:
+                md.append(f"| {vname} ({opts}) | {r['batch']} | {r['ms_per_tile']:.1f} | {r['speedup']:.2f}x "
+                          f"| {v['vs_fp32']['dice']:.4f} |")
+        md.append("")
     text = "\n".join(md)
     print(text)
     write_results(args.name, {"model": str(args.model), "tile": tile, "tiles": len(tiles), "rows": rows,
-                              "int8_vs_fp32": agree.to_dict(), "sizes_bytes": sizes}, text)
+                              "int8_vs_fp32": agree.to_dict(), "sizes_bytes": sizes,
+                              "int8_variants": variants}, text)
+
+
+def _variant(spec: str) -> tuple[str, dict]:
+    """``NAME:KEY=VALUE,...`` -> (NAME, keyword arguments); values 0/1/true/false/integers/strings."""
+    name, _, opts = spec.partition(":")
+    kw = {}
+    for item in filter(None, opts.split(",")):
+        key, _, value = item.partition("=")
+        low = value.lower()
+        kw[key] = {"true": True, "false": False}.get(low, int(value) if value.lstrip("-").isdigit() else value)
+    return name, kw
 
 
 if __name__ == "__main__":

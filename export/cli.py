@@ -27,6 +27,12 @@ from runtime.errors import EXIT_CODES_HELP
               help="Number of calibration tiles.")
 @click.option("--int8-min-dice", type=click.FloatRange(0, 1), default=0.99, show_default=True,
               help="Refuse the INT8 model if its mask dice against FP32 is lower.")
+@click.option("--int8-target-dice", type=click.FloatRange(0, 1), default=0.99, show_default=True,
+              help="Mixed precision: keep the most sensitive convolutions in FP32 (at most --int8-max-float) "
+                   "until INT8 agrees with FP32 at this mask dice on calibration tiles held out of "
+                   "calibration; 0 quantises every convolution.")
+@click.option("--int8-max-float", type=click.IntRange(0), default=8, show_default=True,
+              help="Most convolutions the mixed-precision search may keep in FP32.")
 @click.option("--int8-weights", type=click.Choice(["auto", "7", "8"]), default="auto", show_default=True,
               help="INT8 weight range: 8 bits, or 7 bits for CPUs without VNNI (whose kernels saturate "
                    "with 8-bit weights); auto picks by this machine's CPU.")
@@ -39,7 +45,8 @@ from runtime.errors import EXIT_CODES_HELP
               help="Also write a Triton model repository here.")
 @handle_errors
 def export_cmd(model, out_dir, config, data_root, dynamic_size, opset, optimize, int8, calibration_images,
-               calibration_count, int8_min_dice, int8_weights, trt, min_batch, opt_batch, max_batch, triton_repo):
+               calibration_count, int8_min_dice, int8_target_dice, int8_max_float, int8_weights, trt,
+               min_batch, opt_batch, max_batch, triton_repo):
     """Export MODEL (.keras) to ONNX with metadata, verified against Keras; optionally optimised and
     INT8 ONNX, a TensorRT engine and a Triton repository."""
     if not (min_batch <= opt_batch <= max_batch):
@@ -49,7 +56,9 @@ def export_cmd(model, out_dir, config, data_root, dynamic_size, opset, optimize,
 
     opts = ExportOptions(out_dir=out_dir, config=config, data_root=data_root, dynamic_size=dynamic_size,
                          opset=opset, optimize=optimize, int8=int8, calibration_images=calibration_images,
-                         calibration_count=calibration_count, int8_min_dice=int8_min_dice, int8_weights=int8_weights, trt=trt,
+                         calibration_count=calibration_count, int8_min_dice=int8_min_dice,
+                         int8_target_dice=int8_target_dice, int8_max_float=int8_max_float,
+                         int8_weights=int8_weights, trt=trt,
                          min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, triton_repo=triton_repo)
     report = run_export(model, opts)
     for name, a in report["artifacts"].items():
@@ -59,6 +68,8 @@ def export_cmd(model, out_dir, config, data_root, dynamic_size, opset, optimize,
         if figures:
             line += f"  vs {ref}: max|Δp| {figures['max_abs_diff']:.2e}  dice {figures['dice']:.5f}"
         click.echo(line)
+        if a.get("float_convolutions"):
+            click.echo(f"  {'':<18} mixed precision: {len(a['float_convolutions'])} convolution(s) kept in FP32")
     if "triton_repository" in report:
         click.echo(f"  triton repository: {report['triton_repository']}")
     click.echo(f"verified on {report['verification_tiles']['count']} tiles "

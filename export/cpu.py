@@ -1,6 +1,8 @@
 """CPU artifacts: an ONNX Runtime graph-optimised model and a statically quantised INT8 (QDQ) model."""
 from __future__ import annotations
 
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -95,33 +97,339 @@ def int8_weight_bits(choice: str = "auto") -> int:
     return int(choice)
 
 
+#: Op types quantised.  Not Mul (input scaling) nor Sigmoid: the probabilities stay float (an
+#: 8-bit sigmoid output would quantise them in steps of 1/255).  Transpose/Reshape carry the
+#: pixel shuffle of :func:`_convtranspose_as_conv` in uint8.
+INT8_OP_TYPES = ("Conv", "ConvTranspose", "MaxPool", "Concat", "Relu", "Transpose", "Reshape")
+#: Output channels MLAS's fast symmetric u8s8 convolution (MlasConvSym, indirect-buffer kernel) needs.
+_CONV_SYM_MIN_CHANNELS = 16
+
+
+def _input_nodes(model) -> list[str]:
+    """Names of the nodes from the graph inputs up to and including the first Conv(s)."""
+    consumers: dict[str, list] = {}
+    for n in model.graph.node:
+        for t in n.input:
+            consumers.setdefault(t, []).append(n)
+    found, seen = [], set()
+    todo = [i.name for i in model.graph.input]
+    while todo:
+        for n in consumers.get(todo.pop(), []):
+            if n.name not in seen:
+                seen.add(n.name)
+                found.append(n.name)
+                if n.op_type != "Conv":
+                    todo.extend(n.output)
+    return found
+
+
+def _convtranspose_as_conv(model):
+    """Rewrite 2x2/stride-2 ConvTranspose layers (UNet up-sampling) as a 1x1 Conv plus a pixel
+    shuffle written in channels-last order (Transpose, Reshape, Transpose, Reshape, Transpose).
+
+    Exact.  ONNX Runtime has no int8 ConvTranspose on CPU: it ran in float between DQ/Q pairs,
+    with uint8 NHWC<->NCHW transposes around it and its skip connection on every level.  The 1x1
+    Conv becomes a QLinearConv, and the layout transposes cancel against ONNX Runtime's own
+    NHWC ones, so the decoder stays in NHWC uint8.  Needs static spatial sizes (else unchanged).
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.shape_inference.infer_shapes(model)
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    dims = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in g.value_info}
+    nodes = []
+    for n in g.node:
+        a = {x.name: helper.get_attribute_value(x) for x in n.attribute}
+        out = dims.get(n.output[0], [])
+        if not (n.op_type == "ConvTranspose" and list(a.get("kernel_shape", [])) == [2, 2]
+                and list(a.get("strides", [])) == [2, 2] and a.get("group", 1) == 1
+                and not any(a.get("pads", [])) and not any(a.get("output_padding", []))
+                and list(a.get("dilations", [1, 1])) == [1, 1] and "output_shape" not in a and n.input[1] in inits
+                and (len(n.input) < 3 or n.input[2] in inits) and len(out) == 4 and all(out[1:])):
+            nodes.append(n)
+            continue
+        w = numpy_helper.to_array(inits[n.input[1]])  # (in, out, 2, 2)
+        c, width = w.shape[1], out[3]
+        p = n.output[0] + "_as_conv"
+        new = [numpy_helper.from_array(w.transpose(2, 3, 1, 0).reshape(4 * c, w.shape[0], 1, 1), p + "_w"),
+               numpy_helper.from_array(np.array([0, 0, 0, 2, 2, c], np.int64), p + "_shape6"),
+               numpy_helper.from_array(np.array([0, -1, width, c], np.int64), p + "_shape4")]
+        if len(n.input) > 2:
+            new.append(numpy_helper.from_array(np.tile(numpy_helper.to_array(inits[n.input[2]]), 4), p + "_b"))
+        g.initializer.extend(new)
+        t = [p + f"_{i}" for i in range(5)]
+        nodes += [helper.make_node("Conv", [n.input[0], p + "_w"] + ([p + "_b"] if len(n.input) > 2 else []),
+                                   [t[0]], p, kernel_shape=[1, 1]),
+                  helper.make_node("Transpose", [t[0]], [t[1]], p + "_nhwc", perm=[0, 2, 3, 1]),
+                  helper.make_node("Reshape", [t[1], p + "_shape6"], [t[2]], p + "_split"),
+                  helper.make_node("Transpose", [t[2]], [t[3]], p + "_shuffle", perm=[0, 1, 3, 2, 4, 5]),
+                  helper.make_node("Reshape", [t[3], p + "_shape4"], [t[4]], p + "_merge"),
+                  helper.make_node("Transpose", [t[4]], list(n.output), p + "_nchw", perm=[0, 3, 1, 2])]
+    del g.node[:]
+    g.node.extend(nodes)
+    used = {i for n in g.node for i in n.input}
+    keep = [i for i in g.initializer if i.name in used]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    del g.value_info[:]
+    return onnx.shape_inference.infer_shapes(model)
+
+
+def _widen_narrow_convs(model, channels: int = _CONV_SYM_MIN_CHANNELS):
+    """Zero-pad Conv layers with ``channels``/2 to ``channels`` output channels to ``channels``.
+
+    Exact (padded filters and biases are 0, ReLU keeps them 0, consumers get zero input weights),
+    but it lets ONNX Runtime run those layers with its fast symmetric int8 convolution, which needs
+    >= 16 output channels; narrow full-resolution layers otherwise take the much slower im2col +
+    GEMM path.  The padding follows the output through Relu/MaxPool/Concat(axis 1) to the Convs
+    that read it; a Conv whose output reaches anything else is left as it is.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+
+    def array(name):
+        return numpy_helper.to_array(inits[name])
+
+    def store(name, value):
+        inits[name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(value), name))
+
+    def attr(node, key, default=None):
+        return next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == key), default)
+
+    def plain_conv(node):
+        return node.op_type == "Conv" and attr(node, "group", 1) == 1 and node.input[1] in inits
+
+    for conv in [n for n in g.node if plain_conv(n)]:
+        weight = array(conv.input[1])
+        extra = channels - weight.shape[0]
+        if not 0 < extra <= weight.shape[0] or (len(conv.input) > 2 and conv.input[2] not in inits):
+            continue
+        model = onnx.shape_inference.infer_shapes(model)
+        g = model.graph
+        inits = {i.name: i for i in g.initializer}
+        dims = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+                for v in list(g.value_info) + list(g.input) + list(g.output)}
+        consumers: dict[str, list] = {}
+        for n in g.node:
+            for t in n.input:
+                consumers.setdefault(t, []).append(n)
+        outputs = {o.name for o in g.output}
+        # (tensor, channel offset where the new channels go), then the readers' weights to pad
+        todo, readers, ok = [(conv.output[0], weight.shape[0])], [], True
+        while todo and ok:
+            tensor, offset = todo.pop()
+            ok = tensor not in outputs
+            for n in consumers.get(tensor, []):
+                if n.op_type in ("Relu", "MaxPool"):
+                    todo.append((n.output[0], offset))
+                elif n.op_type == "Concat" and attr(n, "axis") == 1:
+                    before = n.input[:list(n.input).index(tensor)]
+                    widths = [dims.get(t, [0, 0])[1] for t in before]
+                    ok = ok and all(w > 0 for w in widths)
+                    todo.append((n.output[0], offset + sum(widths)))
+                elif plain_conv(n) and n.input[0] == tensor:
+                    readers.append((n, offset))
+                else:
+                    ok = False
+        if not ok:
+            continue
+        pad = [(0, extra)] + [(0, 0)] * (weight.ndim - 1)
+        store(conv.input[1], np.pad(array(conv.input[1]), pad))
+        if len(conv.input) > 2:
+            store(conv.input[2], np.pad(array(conv.input[2]), (0, extra)))
+        for n, offset in readers:
+            w = array(n.input[1])
+            store(n.input[1], np.insert(w, [offset] * extra, 0, axis=1))
+        del g.value_info[:]
+    return onnx.shape_inference.infer_shapes(model)
+
+
 def quantize_int8(src: Path, dest: Path, tiles: np.ndarray, input_name: str = "image",
-                  method: str = "minmax", weight_bits: int = 7) -> Path:
+                  method: str = "minmax", weight_bits: int = 7, float_first_conv: bool = True,
+                  rewrite: bool = True, keep_float: tuple[str, ...] = ()) -> Path:
     """Static QDQ quantisation: per-channel int8 weights, uint8 activations, FP32 inputs/outputs.
 
     ``tiles`` are pre-processed calibration inputs (N, h, w, C).  The graph is first pre-processed
     (shape inference and fusions) as ONNX Runtime recommends.  ``weight_bits`` 7 quantises weights
     to a reduced range (see :func:`int8_weight_bits`).
-    """
-    if weight_bits not in (7, 8):
-        raise FlexunetError(f"INT8 weight bits must be 7 or 8, not {weight_bits}")
-    reduce_range = weight_bits == 7
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}
-    prepared = dest.with_name(dest.stem + ".prep.onnx")
-    try:
-        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
-        quantize_static(
-            str(prepared), str(dest), _TileReader(input_name, tiles),
-            quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=reduce_range,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            calibrate_method=methods[method],
-            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
-        )
-    finally:
-        prepared.unlink(missing_ok=True)
+    Measured with ONNX Runtime 1.31 on a 2-core AVX-512 VNNI CPU on the Tiled-MultipleMyeloma UNet
+    (base_filters 8, 512x512 tiles; benchmarks/int8_speed.py, results/int8_speed_vnni.md).  With
+    everything quantised INT8 was only 1.4-1.6x faster than FP32 with mask dice 0.965 vs FP32: the
+    8-channel full-resolution convolutions took 2/3 of the INT8 time (no faster than FP32) and the
+    float ConvTranspose with its layout transposes most of the rest.  Hence:
+
+    * ``float_first_conv``: the nodes from the input to the first convolution stay FP32 (so does
+      the sigmoid, see :data:`INT8_OP_TYPES`).  The output is very sensitive to that layer
+      (quantising it alone: dice 0.975; all but it: 0.992), and with 3 input channels it is ~3x
+      slower in int8 than in FP32.
+    * ``rewrite`` (both exact): :func:`_convtranspose_as_conv` keeps the decoder in uint8 NHWC,
+      and :func:`_widen_narrow_convs` pads 8-channel layers to 16 channels so ONNX Runtime uses
+      its symmetric u8s8 convolution (~1.6x faster there despite the extra zeros).  Together
+      ~1.25x on top of ``float_first_conv``.
+    * per-channel symmetric int8 weights, uint8 activations (u8s8, the VNNI path), MinMax
+      calibration: entropy gave the same dice, percentile and per-tensor weights nothing once
+      the first convolution is float; 7-bit weights lose accuracy on this model (dice 0.89) and
+      are only for CPUs without VNNI.
+
+    ``keep_float`` names further nodes (of the prepared graph, see :func:`int8_candidates`) that
+    stay FP32, as chosen by :func:`tune_int8`.
+    """
+    with _Prepared(src, dest, rewrite) as prep:
+        prep.quantize(dest, tiles, input_name, method, weight_bits, float_first_conv, keep_float)
     _copy_metadata(src, dest, precision="int8")
     return dest
+
+
+class _Prepared:
+    """The FP32 graph as quantisation sees it (pre-processed, rewritten) in a temporary file beside
+    ``dest``, with a calibration cache so that variants differing only in which nodes stay FP32
+    are calibrated once."""
+
+    def __init__(self, src: Path, dest: Path, rewrite: bool = True):
+        self.src, self.dest, self.rewrite = Path(src), Path(dest), rewrite
+        self.path = self.dest.with_name(self.dest.stem + ".prep.onnx")
+        self.cache = self.dest.with_name(self.dest.stem + ".calib.json")
+        self.model = None
+
+    def __enter__(self):
+        import onnx
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        try:
+            quant_pre_process(str(self.src), str(self.path), skip_symbolic_shape=True)
+            self.model = onnx.load_model(str(self.path))
+            if self.rewrite:
+                self.model = _widen_narrow_convs(_convtranspose_as_conv(self.model))
+                onnx.save_model(self.model, str(self.path))
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.path.unlink(missing_ok=True)
+        self.cache.unlink(missing_ok=True)
+
+    def quantize(self, dest: Path, tiles: np.ndarray, input_name: str, method: str = "minmax",
+                 weight_bits: int = 7, float_first_conv: bool = True, keep_float=()) -> None:
+        if weight_bits not in (7, 8):
+            raise FlexunetError(f"INT8 weight bits must be 7 or 8, not {weight_bits}")
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                   "percentile": CalibrationMethod.Percentile}
+        exclude = _input_nodes(self.model) if float_first_conv else []
+        exclude += _with_activations(self.model, [n for n in keep_float if n not in exclude])
+        cache = {"calibration_cache_path": str(self.cache)} if _HAS_CALIBRATION_CACHE else {}
+        quantize_static(
+            str(self.path), str(dest), _TileReader(input_name, tiles),
+            quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=weight_bits == 7,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            calibrate_method=methods[method], op_types_to_quantize=list(INT8_OP_TYPES),
+            nodes_to_exclude=exclude,
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True}, **cache)
+
+
+def _calibration_cache_supported() -> bool:
+    try:
+        import inspect
+
+        from onnxruntime.quantization import quantize_static
+    except ImportError:
+        return False
+    return "calibration_cache_path" in inspect.signature(quantize_static).parameters
+
+
+_HAS_CALIBRATION_CACHE = _calibration_cache_supported()
+
+
+def _with_activations(model, names: list[str]) -> list[str]:
+    """``names`` plus the Relu nodes that read only their outputs (so a float Conv stays fused)."""
+    wanted = set(names)
+    outputs = {o for n in model.graph.node if n.name in wanted for o in n.output}
+    extra = [n.name for n in model.graph.node if n.op_type == "Relu" and n.input[0] in outputs]
+    return list(names) + [e for e in extra if e not in wanted]
+
+
+def int8_candidates(model) -> list[str]:
+    """Convolutions that :func:`tune_int8` may keep in FP32, in graph order (input nodes excluded)."""
+    first = set(_input_nodes(model))
+    return [n.name for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose") and n.name not in first]
+
+
+@dataclass
+class Int8Tuning:
+    """What :func:`tune_int8` did: the agreement with FP32 on the check tiles before and after, and
+    the convolutions left in FP32 (most sensitive first)."""
+
+    target_dice: float
+    check_tiles: int
+    dice_all_int8: float
+    dice: float
+    float_nodes: list[str]
+    candidates: int
+    sensitivity: dict[str, float]
+    variants_tried: int
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def tune_int8(src: Path, dest: Path, tiles: np.ndarray, check: np.ndarray, input_name: str = "image",
+              threshold: float = 0.5, target_dice: float = 0.99, weight_bits: int = 8,
+              method: str = "minmax", max_float: int = 8, progress=None) -> Int8Tuning:
+    """INT8 with as few FP32 convolutions as it takes to agree with FP32 at ``target_dice``.
+
+    Quantises everything first (:func:`quantize_int8`'s defaults) and measures mask dice against
+    the FP32 model on ``check`` tiles, which must not be calibration tiles (the caller holds them
+    out of the calibration images, never the test split).  Below ``target_dice``, each convolution's
+    sensitivity is measured (dice when that one alone stays FP32, calibration reused) and the most
+    sensitive ones are kept in FP32 one at a time until the target is met or ``max_float`` are.
+    The result is written to ``dest`` whatever the dice; the caller judges it.
+    """
+    from .onnx import agreement, onnx_predict
+
+    say = progress or (lambda line: None)
+    t0 = time.perf_counter()
+    reference = onnx_predict(src, check)
+    tried = 0
+
+    with _Prepared(src, dest) as prep:
+        def dice_of(keep) -> float:
+            nonlocal tried
+            tried += 1
+            prep.quantize(dest, tiles, input_name, method, weight_bits, True, tuple(keep))
+            return agreement(reference, onnx_predict(dest, check), threshold).dice
+
+        first = dice_of(())
+        say(f"INT8: mask dice vs FP32 {first:.4f} on {len(check)} check tiles (target {target_dice})")
+        keep: list[str] = []
+        sensitivity: dict[str, float] = {}
+        best = first
+        candidates = int8_candidates(prep.model)
+        if first < target_dice and max_float > 0:
+            for i, name in enumerate(candidates, 1):
+                sensitivity[name] = round(dice_of((name,)) - first, 6)
+                say(f"INT8 sensitivity {i}/{len(candidates)}: {name} in FP32 -> dice {first + sensitivity[name]:.4f}")
+            ranked = sorted(candidates, key=lambda n: -sensitivity[n])
+            for name in ranked[:max_float]:
+                if best >= target_dice or sensitivity[name] <= 0:
+                    break
+                d = dice_of(keep + [name])
+                if d > best:
+                    keep.append(name)
+                    best = d
+                    say(f"INT8: {len(keep)} convolution(s) in FP32 -> dice {d:.4f}")
+        if tried > 1:  # the last variant tried may not be the one kept
+            prep.quantize(dest, tiles, input_name, method, weight_bits, True, tuple(keep))
+    _copy_metadata(src, dest, precision="int8")
+    return Int8Tuning(target_dice=target_dice, check_tiles=int(len(check)), dice_all_int8=round(first, 6),
+                      dice=round(best, 6), float_nodes=keep, candidates=len(candidates),
+                      sensitivity=sensitivity, variants_tried=tried, seconds=round(time.perf_counter() - t0, 2))

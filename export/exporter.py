@@ -22,6 +22,8 @@ from . import onnx as ox
 
 log = logging.getLogger("flexunet")
 INT8_MIN_DICE = 0.99
+#: Calibration-image tiles held out of calibration to check (and tune) INT8 against FP32.
+INT8_CHECK_TILES = 16
 
 
 @dataclass
@@ -37,6 +39,8 @@ class ExportOptions:
     calibration_count: int = 64
     int8_min_dice: float = INT8_MIN_DICE
     int8_weights: str = "auto"
+    int8_target_dice: float = INT8_MIN_DICE  # mixed-precision target; 0: every convolution INT8
+    int8_max_float: int = 8
     trt: str | None = None
     min_batch: int = 1
     opt_batch: int = 4
@@ -114,9 +118,14 @@ def run_export(model_path: Path, opts: ExportOptions) -> dict:
     info.keras_weights_sha256 = ox.keras_weights_sha256(model)
     info.versions = ox.tool_versions()
 
-    calib = None
+    calib = check = None
     if opts.int8:  # read calibration data before any long work: a bad folder fails fast
-        calib = tiles.calibration_tiles(opts.calibration_images, info, opts.calibration_count)
+        tune = opts.int8_target_dice > 0
+        calib = tiles.calibration_tiles(opts.calibration_images, info,
+                                        opts.calibration_count + (INT8_CHECK_TILES if tune else 0))
+        if tune:
+            calib, check = tiles.hold_out(calib, INT8_CHECK_TILES, keep=opts.calibration_count)
+            check = check if len(check) else None
     verify, verify_source = tiles.verification_tiles(cfg, info, opts.verify_tiles)
     report: dict = {
         "keras_model": str(model_path), "config": str(cfg_path), "parameters": int(model.count_params()),
@@ -150,8 +159,14 @@ def run_export(model_path: Path, opts: ExportOptions) -> dict:
 
         if opts.int8:
             bits = cpu.int8_weight_bits(opts.int8_weights)
-            _, t = ox.timed(cpu.quantize_int8, tmp / "model.onnx", tmp / "model.int8.onnx", calib,
-                            info.input_name, weight_bits=bits)
+            tuning = None
+            if check is None:
+                _, t = ox.timed(cpu.quantize_int8, tmp / "model.onnx", tmp / "model.int8.onnx", calib,
+                                info.input_name, weight_bits=bits)
+            else:
+                tuning, t = ox.timed(cpu.tune_int8, tmp / "model.onnx", tmp / "model.int8.onnx", calib, check,
+                                     info.input_name, threshold=info.threshold, target_dice=opts.int8_target_dice,
+                                     weight_bits=bits, max_float=opts.int8_max_float, progress=log.info)
             int8_probs = ox.onnx_predict(tmp / "model.int8.onnx", verify)
             vs_fp32 = ox.agreement(onnx_probs, int8_probs, info.threshold)
             vs_keras = ox.agreement(keras_probs, int8_probs, info.threshold)
@@ -161,6 +176,8 @@ def run_export(model_path: Path, opts: ExportOptions) -> dict:
                                 if isinstance(opts.calibration_images, (list, tuple))
                                 else str(opts.calibration_images), "tiles": int(len(calib))},
                 "weight_bits": bits, "cpu_has_vnni": cpu.cpu_has_vnni(),
+                "float_convolutions": tuning.float_nodes if tuning else [],
+                "tuning": tuning.to_dict() if tuning else None,
                 "vs_fp32": vs_fp32.to_dict(), "vs_keras": vs_keras.to_dict()}
             if vs_fp32.dice < opts.int8_min_dice:
                 raise VerificationError(

@@ -172,6 +172,8 @@ def run_project(config_path: Path, data_root: Path | None = None, *, skip_train:
     speed = steps.run("bench", _throughput, {"keras": model_path, "onnx_fp32": onnx, "onnx_int8": int8},
                       test_images, cfg.path, say)
 
+    if training is None:
+        training = _earlier_training(base / "results" / "results.json", report["keras_weights_sha256"])
     results = _results(name, cfg, config_path, data_root, started, training, ev, report, prep, speed,
                        len(train_pairs), test_images, steps.times)
     _write_results(base / "results", results, cfg, onnx, test_pairs, base / "parity")
@@ -181,6 +183,19 @@ def run_project(config_path: Path, data_root: Path | None = None, *, skip_train:
         update_summary(summary_path)
     say(results_markdown(results))
     return results, (EXIT_OK if results["parity"]["passed"] else EXIT_FAILED)
+
+
+def _earlier_training(results_json: Path, weights_sha256: str) -> dict | None:
+    """With --skip-train: the training record of the earlier run that trained this very model
+    (same Keras weights hash), marked as reused; None when there is none."""
+    try:
+        earlier = json.loads(results_json.read_text())
+    except (OSError, ValueError):
+        return None
+    t = earlier.get("training")
+    if not t or earlier.get("keras_weights_sha256") != weights_sha256:
+        return None
+    return {**t, "reused_from": t.get("reused_from") or earlier.get("started")}
 
 
 def _throughput(models: dict[str, Path], images: list[Path], config: Path, say) -> dict:
@@ -210,7 +225,7 @@ def _results(name, cfg, config_path, data_root, started, training, ev, export_re
     ref_truth = prep.reference_truth
     return {
         "project": name, "config": str(config_path), "data_root": str(data_root) if data_root else None,
-        "started": started, "variant": "reduced" if cfg.path.parent.name == "reduced" else "seed",
+        "started": started, "keras_weights_sha256": export_report["keras_weights_sha256"], "variant": "reduced" if cfg.path.parent.name == "reduced" else "seed",
         "published": PUBLISHED.get(name),
         "model": {"parameters": export_report["parameters"], "input": [cfg.model.image_height, cfg.model.image_width,
                                                                        cfg.model.image_channels],
@@ -223,7 +238,7 @@ def _results(name, cfg, config_path, data_root, started, training, ev, export_re
                                 "fp32": cands["model.onnx"]["overall"]["dice_vs_truth"],
                                 "int8": cands["model.int8.onnx"]["overall"]["dice_vs_truth"]},
         "export": {k: {kk: v.get(kk) for kk in ("precision", "bytes", "seconds", "vs_keras", "vs_fp32",
-                                                "weight_bits") if kk in v}
+                                                "weight_bits", "float_convolutions", "tuning") if kk in v}
                    for k, v in export_report["artifacts"].items()},
         "parity": {"passed": prep.failed == 0, "layout": prep.layout,
                    "candidates": {k: {"precision": c["precision"], "dice_vs_keras": c["overall"]["dice"],
@@ -284,7 +299,9 @@ def results_markdown(r: dict) -> str:
     if t:
         lines.append(f"Training: {t['epochs_run']} epochs in {t['seconds'] / 60:.1f} min (best epoch "
                      f"{t['best_epoch']}, val_loss {t['best_val_loss']:.4f}"
-                     + (f"; budget {t['max_minutes']:g} min" if t.get("max_minutes") else "") + ").")
+                     + (f"; budget {t['max_minutes']:g} min" if t.get("max_minutes") else "") + ")"
+                     + (f"; the model trained in the run of {t['reused_from']}, reused with --skip-train."
+                        if t.get("reused_from") else "."))
     lines += ["", "| held-out figure | value |", "|---|---|"]
     for k, v in ev.items():
         lines.append(f"| evaluate `{k}` (Keras, model-input samples) | {_f(v)} |")
@@ -302,6 +319,13 @@ def results_markdown(r: dict) -> str:
         lines.append(f"| ONNX {c['precision'].upper()} | {_f(c['dice_vs_keras'], '.5f')} | {c['max_abs_diff']:.3g} | "
                      f"{100 * c['flipped_fraction']:.3f} | {c['verdict']} ({c['min_dice']}) | "
                      f"{_f(s[key]['images_per_s'], '.2f')} |")
+    tuning = r["export"].get("model.int8.onnx", {}).get("tuning")
+    if tuning:
+        kept = len(tuning["float_nodes"])
+        lines.append(f"\nINT8 mixed precision: {kept} of {tuning['candidates']} convolutions kept in FP32 "
+                     f"(besides the first); mask dice vs FP32 on {tuning['check_tiles']} held-out calibration "
+                     f"tiles {tuning['dice_all_int8']:.4f} all-INT8, {tuning['dice']:.4f} as exported "
+                     f"(target {tuning['target_dice']}).")
     fp = s["onnx_fp32"]
     if fp.get("vs_seed_loop"):
         lines.append(f"\nSeed-style loop (per-tile Keras predict, batch 1) in the same run: "

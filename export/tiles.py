@@ -65,6 +65,18 @@ def calibration_tiles(source, info: ModelInfo, count: int, seed: int = 0) -> np.
         raise FlexunetError(f"{where}: calibration: {exc}") from None
 
 
+def hold_out(tiles: np.ndarray, count: int, keep: int | None = None, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``tiles`` into (kept, held out) at random: ``count`` held out, fewer when that would
+    leave under ``keep`` tiles (but up to a quarter of them all the same)."""
+    n = len(tiles)
+    count = min(count, max(n - (keep if keep is not None else n - count), n // 4))
+    if count <= 0:
+        return tiles, tiles[:0]
+    pick = np.zeros(n, bool)
+    pick[np.random.default_rng(seed).choice(n, count, replace=False)] = True
+    return tiles[~pick], tiles[pick]
+
+
 def verification_tiles(cfg, info: ModelInfo, count: int = 6, seed: int = 0) -> tuple[np.ndarray, str]:
     """Real tiles from the config's [test], [eval] or [train] images; synthetic when none exist.
 

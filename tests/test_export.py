@@ -173,6 +173,8 @@ def test_int8_export_reports_dice_and_refuses_below_limit(binary_model, tmp_path
     assert r.exit_code == 0, r.output + r.stderr
     a = json.loads((out / "export_report.json").read_text())["artifacts"]["model.int8.onnx"]
     assert a["calibration"]["tiles"] == 16 and 0.0 <= a["vs_fp32"]["dice"] <= 1.0
+    assert a["tuning"]["check_tiles"] == 16 and a["tuning"]["target_dice"] == 0.99
+    assert a["float_convolutions"] == a["tuning"]["float_nodes"]
     assert "vs_fp32" in a and a["bytes"] < json.loads((out / "export_report.json").read_text())["artifacts"]["model.onnx"]["bytes"]
     from export.onnx import read_info
 
@@ -189,6 +191,44 @@ def test_int8_export_reports_dice_and_refuses_below_limit(binary_model, tmp_path
     if r.exit_code != 0:  # dice below 1.0: refused, nothing written
         assert r.exit_code == 1 and "model.int8.onnx" in r.stderr
         assert not (out2 / "model.int8.onnx").exists() and not (out2 / "model.onnx").exists()
+
+
+def test_int8_mixed_precision_search_keeps_sensitive_convolutions_in_fp32(binary_model, tmp_path):
+    import onnx
+
+    from export import cpu
+    from export.onnx import agreement, onnx_predict, read_info
+    from export.tiles import calibration_tiles, hold_out
+
+    out = tmp_path / "out"
+    assert export(binary_model, "-o", out).exit_code == 0
+    info = read_info(out / "model.onnx")
+    tiles = calibration_tiles(binary_model.parent.parent / "data" / "train" / "images", info, 32)
+    calib, check = hold_out(tiles, 12, keep=20)
+    assert (len(calib), len(check)) == (20, 12)
+    dest = tmp_path / "model.int8.onnx"
+    # an unreachable target makes the search measure every convolution and keep up to max_float
+    t = cpu.tune_int8(out / "model.onnx", dest, calib, check, info.input_name, info.threshold,
+                      target_dice=1.01, weight_bits=8, max_float=2)
+    assert t.candidates > 0 and len(t.sensitivity) == t.candidates
+    assert len(t.float_nodes) <= 2 and all(t.sensitivity[n] > 0 for n in t.float_nodes)
+    assert t.dice >= t.dice_all_int8 and t.variants_tried >= 1 + t.candidates
+    # the file written is the variant reported: same dice on the check tiles
+    written = agreement(onnx_predict(out / "model.onnx", check), onnx_predict(dest, check), info.threshold)
+    assert written.dice == pytest.approx(t.dice, abs=1e-6)
+    # float convolutions read FP32 weights, the others dequantised ones
+    graph = onnx.load(str(dest)).graph
+    inits = {i.name for i in graph.initializer}
+    convs = {n.name: n for n in graph.node if n.op_type == "Conv"}
+    for name in t.float_nodes:
+        assert convs[name].input[1] in inits
+    assert any(c.input[1] not in inits for c in convs.values())
+    assert read_info(dest).precision == "int8"
+    assert not list(tmp_path.glob("*.prep.onnx")) and not list(tmp_path.glob("*.calib.json"))
+
+    # a reachable target stops at once: no sensitivity pass
+    t0 = cpu.tune_int8(out / "model.onnx", dest, calib, check, info.input_name, info.threshold, target_dice=0.0)
+    assert t0.variants_tried == 1 and t0.float_nodes == [] and t0.sensitivity == {}
 
 
 def test_bad_inputs_give_one_line_errors(binary_model, tmp_path):

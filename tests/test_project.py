@@ -111,9 +111,20 @@ def test_project_runs_the_whole_chain(tmp_path, data_root, monkeypatch):
     table = summary_table(tmp_path / "projects")
     assert "[Tiny](Tiny/README.md)" in table and ("pass" in table or "FAIL" in table)
 
-    # --skip-train reuses the model
+    assert r["export"]["model.int8.onnx"]["tuning"]["target_dice"] == 0.99
+    assert "INT8 mixed precision:" in (base / "results" / "results.md").read_text()
+
+    # --skip-train reuses the model and the record of the run that trained it
     again = run("project", project, "--data-root", data_root, "--skip-train")
     assert "train: skipped" in again.output
+    r2 = json.loads((base / "results" / "results.json").read_text())
+    assert r2["keras_weights_sha256"] == r["keras_weights_sha256"]
+    assert r2["training"] == {**r["training"], "reused_from": r["started"]}
+    assert "reused with --skip-train" in (base / "results" / "results.md").read_text()
+    # ... but not a record of another model
+    r2["keras_weights_sha256"] = "0" * 64
+    (base / "results" / "results.json").write_text(json.dumps(r2))
+    run("project", project, "--data-root", data_root, "--skip-train")
     assert json.loads((base / "results" / "results.json").read_text())["training"] is None
 
     # a run that fails part-way leaves the earlier results as they were
