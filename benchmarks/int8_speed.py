@@ -1,11 +1,12 @@
 """INT8 vs FP32 ONNX on CPU: latency per 512x512 tile and mask dice against FP32 on real tiles.
 
     python benchmarks/int8_speed.py --model projects/Tiled-MultipleMyeloma/reduced/models/best_model.keras \
-        --data-root ../shared/data --images ../shared/data/Tiled-MultipleMyeloma/images
+        --data-root ../shared/data --name int8_speed_vnni
 
-Exports the model (FP32 + INT8 calibrated on tiles of --images), then times both ONNX Runtime
-sessions on the same real tiles in one run (warm-up excluded, repeated), and writes
-benchmarks/results/int8_speed.{json,md}.
+Exports the model as `flexunet export --int8` does (FP32 + INT8 calibrated on tiles of the config's
+[train] images, mixed-precision search included), then times both ONNX Runtime sessions on the same
+real tiles of the held-out [test] images in one run (warm-up excluded, repeated), and writes
+benchmarks/results/<name>.{json,md}.  --images / --calibration-images override the two image sets.
 """
 from __future__ import annotations
 
@@ -24,7 +25,11 @@ def main(argv=None):
     ap.add_argument("--model", type=Path, required=True)
     ap.add_argument("--config", type=Path, default=None)
     ap.add_argument("--data-root", type=Path, default=None)
-    ap.add_argument("--images", type=Path, required=True, help="real images: calibration and test tiles")
+    ap.add_argument("--images", type=Path, default=None,
+                    help="folder of real images for the timing and dice tiles (default: the config's [test] split)")
+    ap.add_argument("--calibration-images", type=Path, default=None,
+                    help="folder of calibration images (default: the config's [train] split)")
+    ap.add_argument("--int8-target-dice", type=float, default=0.99)
     ap.add_argument("--calibration-count", type=int, default=64)
     ap.add_argument("--tiles", type=int, default=32, help="real tiles for timing and dice")
     ap.add_argument("--batch-sizes", default="1,4")
@@ -45,15 +50,24 @@ def main(argv=None):
     from export.tiles import tiles_from_images
     from runtime.imageio import list_images
 
+    from export.exporter import find_config
+    from runtime.config import load_config
+    from train.dataset import split_pairs
+
+    cfg_path, data_root = find_config(args.model, args.config, args.data_root)
+    cfg = load_config(cfg_path, data_root=data_root)
+    calib_images = args.calibration_images or [p.image for p in split_pairs(cfg, "train")]
+    test_images = list_images(args.images) if args.images else [p.image for p in split_pairs(cfg, "test")]
+    calib_where = args.calibration_images or f"{len(calib_images)} [train] images"
+    test_where = args.images or f"{len(test_images)} held-out [test] images"
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         report = run_export(args.model, ExportOptions(
-            out_dir=out, config=args.config, data_root=args.data_root, int8=True,
-            calibration_images=args.images, calibration_count=args.calibration_count, int8_min_dice=0.0,
-            int8_weights=args.int8_weights))
+            out_dir=out, config=cfg_path, data_root=data_root, int8=True,
+            calibration_images=calib_images, calibration_count=args.calibration_count, int8_min_dice=0.0,
+            int8_weights=args.int8_weights, int8_target_dice=args.int8_target_dice))
         info = ox.read_info(out / "model.onnx")
-        # timing/dice tiles: a different draw (seed) from the calibration tiles
-        tiles = tiles_from_images(list_images(args.images), info, args.tiles, seed=12345)
+        tiles = tiles_from_images(test_images, info, args.tiles, seed=12345)
         from runtime.backends.onnx import OnnxBackend
 
         fp32 = OnnxBackend(out / "model.onnx", provider="cpu", threads=args.threads)
@@ -66,7 +80,7 @@ def main(argv=None):
             from export import cpu
             from export.tiles import calibration_tiles
 
-            calib = calibration_tiles(args.images, info, args.calibration_count)
+            calib = calibration_tiles(calib_images, info, args.calibration_count)
             bits = report["artifacts"]["model.int8.onnx"]["weight_bits"]
             for spec in args.variant:
                 vname, kw = _variant(spec)
@@ -95,7 +109,7 @@ def main(argv=None):
     tile = f"{tiles.shape[1]}x{tiles.shape[2]}"
     md = [f"# INT8 vs FP32 ONNX Runtime (CPU), {tile} tiles", "",
           f"model: `{args.model}` ({report['parameters']:,} parameters); tiles: {len(tiles)} real tiles from "
-          f"`{args.images}`; INT8 calibrated on {args.calibration_count} other tiles, "
+          f"{test_where}; INT8 calibrated on {args.calibration_count} tiles of {calib_where}, "
           f"{report['artifacts']['model.int8.onnx']['weight_bits']}-bit weights; CPU VNNI: "
           f"{report['artifacts']['model.int8.onnx']['cpu_has_vnni']}", "",
           "| batch | FP32 ms/tile | INT8 ms/tile | speed-up |", "|---|---|---|---|"]
@@ -103,6 +117,13 @@ def main(argv=None):
         md.append(f"| {r['batch']} | {r['fp32_ms_per_tile']:.1f} | {r['int8_ms_per_tile']:.1f} | {r['speedup']:.2f}x |")
     md += ["", f"INT8 vs FP32 on the same tiles: mask dice {agree.dice:.4f}, max |Δp| {agree.max_abs_diff:.3f}, "
                f"mean |Δp| {agree.mean_abs_diff:.4f}", ""]
+    tuning = report["artifacts"]["model.int8.onnx"].get("tuning")
+    if tuning:
+        md += [f"Mixed-precision search (target dice {tuning['target_dice']} on {tuning['check_tiles']} held-out "
+               f"calibration tiles): all-INT8 dice {tuning['dice_all_int8']:.4f}; "
+               f"{len(tuning['float_nodes'])} of {tuning['candidates']} convolutions kept in FP32 "
+               f"({', '.join(tuning['float_nodes']) or 'none'}) -> dice {tuning['dice']:.4f}; "
+               f"{tuning['variants_tried']} variants in {tuning['seconds']:.0f} s.", ""]
     if variants:
         md += ["INT8 variants (`quantize_int8` options; speed-up vs the FP32 time of the same batch row):", "",
                "| variant | batch | ms/tile | speed-up | mask dice vs FP32 |", "|---|---|---|---|---|"]
@@ -115,7 +136,8 @@ def main(argv=None):
     text = "\n".join(md)
     print(text)
     write_results(args.name, {"model": str(args.model), "tile": tile, "tiles": len(tiles), "rows": rows,
-                              "int8_vs_fp32": agree.to_dict(), "sizes_bytes": sizes,
+                              "int8_vs_fp32": agree.to_dict(), "sizes_bytes": sizes, "int8_tuning": tuning,
+                              "calibration_images": str(calib_where), "test_images": str(test_where),
                               "int8_variants": variants}, text)
 
 

@@ -370,7 +370,7 @@ def summary_table(projects_dir: Path) -> str:
     for path in sorted(projects_dir.glob("*/reduced/results/results.json")):
         r = json.loads(path.read_text())
         ev = r["evaluation"]["metrics"]
-        key = next((k for k in ("dice_coef_multiclass", "dice_coef") if k in ev), None)
+        key = next((k for k in ("dice_coef_multiclass", "dice_coef", "mask_dice") if k in ev), None)
         c, s, t = r["parity"]["candidates"], r["throughput"], r["training"]
         trained = f"{t['seconds'] / 60:.1f} min" if t else "–"
         rows.append(

@@ -19,8 +19,9 @@ log = logging.getLogger("flexunet")
 
 
 def tiles_from_images(paths: list[Path], info: ModelInfo, count: int, seed: int = 0,
-                      overlap: int = 0) -> np.ndarray:
-    """Up to ``count`` pre-processed (h, w, C) tiles drawn evenly from the images' tile grids.
+                      overlap: int = 0, augment: bool = False) -> np.ndarray:
+    """Up to ``count`` pre-processed (h, w, C) tiles drawn evenly from the images' tile grids
+    (``augment``: with flips and rotations when the grids hold fewer, see :func:`with_symmetries`).
 
     Unreadable files are skipped with a warning; no readable image at all is an error.
     """
@@ -41,13 +42,34 @@ def tiles_from_images(paths: list[Path], info: ModelInfo, count: int, seed: int 
                             + (f" (first problem: {bad[0]})" if bad else ""))
     rng = np.random.default_rng(seed)
     pool = np.concatenate(per_image)
+    if augment and len(pool) < count:
+        pool = with_symmetries(pool, count)
     if len(pool) > count:
         pool = pool[np.sort(rng.choice(len(pool), count, replace=False))]
     return np.ascontiguousarray(pool, dtype=np.float32)
 
 
+def with_symmetries(tiles: np.ndarray, count: int) -> np.ndarray:
+    """``tiles`` followed by their flips (and 90° rotations, for square tiles), as many as make up
+    ``count`` (at most 8x): more distinct model inputs when the images give fewer tiles than asked,
+    as training's augmentation does.  Each transform applies to every tile before the next one."""
+    square = tiles.shape[1] == tiles.shape[2]
+    views = [lambda t: t[:, :, ::-1], lambda t: t[:, ::-1]]
+    if square:
+        views += [lambda t: np.rot90(t, 1, (1, 2)), lambda t: np.rot90(t, 3, (1, 2)),
+                  lambda t: t[:, ::-1, ::-1], lambda t: np.rot90(t[:, :, ::-1], 1, (1, 2)),
+                  lambda t: np.rot90(t[:, :, ::-1], 3, (1, 2))]
+    out = [tiles]
+    for view in views:
+        if sum(len(o) for o in out) >= count:
+            break
+        out.append(view(tiles))
+    return np.concatenate(out)
+
+
 def calibration_tiles(source, info: ModelInfo, count: int, seed: int = 0) -> np.ndarray:
-    """Tiles for INT8 calibration from a folder of images or a list of image files."""
+    """Tiles for INT8 calibration from a folder of images or a list of image files (with flipped
+    and rotated views when the images give fewer than ``count`` tiles)."""
     if isinstance(source, (list, tuple)):
         paths, where = [Path(p) for p in source], f"{len(source)} calibration file(s)"
         if not paths:
@@ -60,7 +82,7 @@ def calibration_tiles(source, info: ModelInfo, count: int, seed: int = 0) -> np.
         if not paths:
             raise FlexunetError(f"{folder}: no images (jpg, png, tif, bmp) for calibration")
     try:
-        return tiles_from_images(paths, info, count, seed)
+        return tiles_from_images(paths, info, count, seed, augment=True)
     except FlexunetError as exc:
         raise FlexunetError(f"{where}: calibration: {exc}") from None
 

@@ -301,3 +301,20 @@ def test_int8_weight_bits_follow_the_cpu(monkeypatch):
     assert cpu.int8_weight_bits("8") == 8 and cpu.int8_weight_bits("7") == 7
     with pytest.raises(FlexunetError, match="weight bits"):
         cpu.int8_weight_bits("6")
+
+
+def test_calibration_views_make_up_a_short_tile_count():
+    from export.tiles import hold_out, with_symmetries
+
+    tiles = np.random.default_rng(0).random((2, 4, 4, 3)).astype(np.float32)
+    six = with_symmetries(tiles, 6)
+    assert len(six) == 6 and np.array_equal(six[:2], tiles)
+    assert np.array_equal(six[2:4], tiles[:, :, ::-1]) and np.array_equal(six[4:], tiles[:, ::-1])
+    all_views = with_symmetries(tiles, 100)  # the 8 symmetries of a square, no more
+    assert len(all_views) == 16 and len({v.tobytes() for v in all_views}) == 16
+    assert len(with_symmetries(tiles[:, :, :3], 100)) == 6  # not square: flips only
+    kept, held = hold_out(all_views, 4, keep=12)
+    assert (len(kept), len(held)) == (12, 4)
+    assert not {v.tobytes() for v in kept} & {v.tobytes() for v in held}
+    kept, held = hold_out(all_views, 8, keep=14)  # fewer held out to keep 14, but a quarter at least
+    assert (len(kept), len(held)) == (12, 4)
