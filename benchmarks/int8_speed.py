@@ -122,7 +122,8 @@ def main(argv=None):
         md += [f"Mixed-precision search (target dice {tuning['target_dice']} on {tuning['check_tiles']} held-out "
                f"calibration tiles): all-INT8 dice {tuning['dice_all_int8']:.4f}; "
                f"{len(tuning['float_nodes'])} of {tuning['candidates']} convolutions kept in FP32 "
-               f"({', '.join(tuning['float_nodes']) or 'none'}) -> dice {tuning['dice']:.4f}; "
+               f"({', '.join(tuning['float_nodes']) or 'none'}; {100 * tuning['float_share']:.1f}% of "
+               f"multiply-adds, limit {100 * tuning['max_float_share']:.0f}%) -> dice {tuning['dice']:.4f}; "
                f"{tuning['variants_tried']} variants in {tuning['seconds']:.0f} s.", ""]
     if variants:
         md += ["INT8 variants (`quantize_int8` options; speed-up vs the FP32 time of the same batch row):", "",

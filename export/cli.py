@@ -33,6 +33,8 @@ from runtime.errors import EXIT_CODES_HELP
                    "calibration; 0 quantises every convolution.")
 @click.option("--int8-max-float", type=click.IntRange(0), default=8, show_default=True,
               help="Most convolutions the mixed-precision search may keep in FP32.")
+@click.option("--int8-max-float-share", type=click.FloatRange(0, 1), default=0.05, show_default=True,
+              help="Largest share of the model's multiply-adds the search may keep in FP32.")
 @click.option("--int8-weights", type=click.Choice(["auto", "7", "8"]), default="auto", show_default=True,
               help="INT8 weight range: 8 bits, or 7 bits for CPUs without VNNI (whose kernels saturate "
                    "with 8-bit weights); auto picks by this machine's CPU.")
@@ -45,7 +47,8 @@ from runtime.errors import EXIT_CODES_HELP
               help="Also write a Triton model repository here.")
 @handle_errors
 def export_cmd(model, out_dir, config, data_root, dynamic_size, opset, optimize, int8, calibration_images,
-               calibration_count, int8_min_dice, int8_target_dice, int8_max_float, int8_weights, trt,
+               calibration_count, int8_min_dice, int8_target_dice, int8_max_float, int8_max_float_share,
+               int8_weights, trt,
                min_batch, opt_batch, max_batch, triton_repo):
     """Export MODEL (.keras) to ONNX with metadata, verified against Keras; optionally optimised and
     INT8 ONNX, a TensorRT engine and a Triton repository."""
@@ -58,6 +61,7 @@ def export_cmd(model, out_dir, config, data_root, dynamic_size, opset, optimize,
                          opset=opset, optimize=optimize, int8=int8, calibration_images=calibration_images,
                          calibration_count=calibration_count, int8_min_dice=int8_min_dice,
                          int8_target_dice=int8_target_dice, int8_max_float=int8_max_float,
+                         int8_max_float_share=int8_max_float_share,
                          int8_weights=int8_weights, trt=trt,
                          min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, triton_repo=triton_repo)
     report = run_export(model, opts)
@@ -69,7 +73,8 @@ def export_cmd(model, out_dir, config, data_root, dynamic_size, opset, optimize,
             line += f"  vs {ref}: max|Δp| {figures['max_abs_diff']:.2e}  dice {figures['dice']:.5f}"
         click.echo(line)
         if a.get("float_convolutions"):
-            click.echo(f"  {'':<18} mixed precision: {len(a['float_convolutions'])} convolution(s) kept in FP32")
+            click.echo(f"  {'':<18} mixed precision: {len(a['float_convolutions'])} convolution(s) kept in FP32 "
+                       f"({100 * a['tuning']['float_share']:.1f}% of multiply-adds)")
     if "triton_repository" in report:
         click.echo(f"  triton repository: {report['triton_repository']}")
     click.echo(f"verified on {report['verification_tiles']['count']} tiles "

@@ -366,13 +366,15 @@ def int8_candidates(model) -> list[str]:
 @dataclass
 class Int8Tuning:
     """What :func:`tune_int8` did: the agreement with FP32 on the check tiles before and after, and
-    the convolutions left in FP32 (most sensitive first)."""
+    the convolutions left in FP32 (in the order chosen) with their share of the multiply-adds."""
 
     target_dice: float
     check_tiles: int
     dice_all_int8: float
     dice: float
     float_nodes: list[str]
+    float_share: float  # of the convolutions' multiply-adds, per tile
+    max_float_share: float
     candidates: int
     sensitivity: dict[str, float]
     variants_tried: int
@@ -382,17 +384,61 @@ class Int8Tuning:
         return asdict(self)
 
 
+#: Estimated cost, in multiply-adds, of each element a convolution kept in FP32 converts between
+#: uint8 and float (and NHWC and NCHW) at its input and output, amid INT8 layers.  Measured on the
+#: reduced Tiled-MultipleMyeloma UNet: a 1x1 up-sampling convolution at 256x256 with 0.6% of the
+#: multiply-adds slowed INT8 by ~8% in FP32, nearly all of it conversions.
+CONVERT_COST = 32
+
+
+def conv_costs(model, tile: tuple[int, int, int], convert_cost: float = CONVERT_COST) -> dict[str, float]:
+    """Estimated cost of keeping each convolution in FP32 on one ``(h, w, C)`` tile, as a share of
+    the model's convolution multiply-adds: its multiply-adds plus ``convert_cost`` per element of
+    its input and output (with ``convert_cost=0``, the shares add up to 1)."""
+    import copy
+
+    import onnx
+
+    m = copy.deepcopy(model)
+    for d, v in zip(m.graph.input[0].type.tensor_type.shape.dim, (1, *tile)):
+        d.Clear()
+        d.dim_value = v
+    del m.graph.value_info[:]
+    m = onnx.shape_inference.infer_shapes(m)
+    dims = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in list(m.graph.value_info) + list(m.graph.output) + list(m.graph.input)}
+    weights = {i.name: list(i.dims) for i in m.graph.initializer}
+
+    def elements(name):
+        shape = dims.get(name, [])
+        return float(np.prod(shape)) if shape and all(shape) else 0.0
+
+    macs, moved = {}, {}
+    for n in m.graph.node:
+        if n.op_type in ("Conv", "ConvTranspose") and n.input[1] in weights:
+            out = dims.get(n.output[0], [])
+            area = out[2] * out[3] if len(out) == 4 and out[2] and out[3] else 1
+            macs[n.name] = float(np.prod(weights[n.input[1]])) * area
+            moved[n.name] = elements(n.input[0]) + elements(n.output[0])
+    total = sum(macs.values()) or 1.0
+    return {k: (macs[k] + convert_cost * moved[k]) / total for k in macs}
+
+
 def tune_int8(src: Path, dest: Path, tiles: np.ndarray, check: np.ndarray, input_name: str = "image",
               threshold: float = 0.5, target_dice: float = 0.99, weight_bits: int = 8,
-              method: str = "minmax", max_float: int = 8, progress=None) -> Int8Tuning:
-    """INT8 with as few FP32 convolutions as it takes to agree with FP32 at ``target_dice``.
+              method: str = "minmax", max_float: int = 8, max_float_share: float = 0.05,
+              progress=None) -> Int8Tuning:
+    """INT8 with as little FP32 as it takes to agree with FP32 at ``target_dice``.
 
     Quantises everything first (:func:`quantize_int8`'s defaults) and measures mask dice against
     the FP32 model on ``check`` tiles, which must not be calibration tiles (the caller holds them
     out of the calibration images, never the test split).  Below ``target_dice``, each convolution's
-    sensitivity is measured (dice when that one alone stays FP32, calibration reused) and the most
-    sensitive ones are kept in FP32 one at a time until the target is met or ``max_float`` are.
-    The result is written to ``dest`` whatever the dice; the caller judges it.
+    sensitivity is measured (the dice gained when that one alone stays FP32, calibration reused),
+    and convolutions are kept in FP32 one at a time, the most gain per unit of estimated cost
+    (:func:`conv_costs`) first, until the target is met, ``max_float`` are, or the next would take
+    the estimated FP32 cost over ``max_float_share`` of the model's multiply-adds (the speed INT8
+    is for).  The result is written to
+    ``dest`` whatever the dice; the caller judges it.
     """
     from .onnx import agreement, onnx_predict
 
@@ -414,22 +460,30 @@ def tune_int8(src: Path, dest: Path, tiles: np.ndarray, check: np.ndarray, input
         sensitivity: dict[str, float] = {}
         best = first
         candidates = int8_candidates(prep.model)
+        cost = conv_costs(prep.model, tuple(check.shape[1:]))
+        share = 0.0
         if first < target_dice and max_float > 0:
             for i, name in enumerate(candidates, 1):
                 sensitivity[name] = round(dice_of((name,)) - first, 6)
                 say(f"INT8 sensitivity {i}/{len(candidates)}: {name} in FP32 -> dice {first + sensitivity[name]:.4f}")
-            ranked = sorted(candidates, key=lambda n: -sensitivity[n])
-            for name in ranked[:max_float]:
-                if best >= target_dice or sensitivity[name] <= 0:
+            ranked = sorted((n for n in candidates if sensitivity[n] > 0),
+                            key=lambda n: -sensitivity[n] / max(cost.get(n, 1.0), 1e-9))
+            for name in ranked:
+                if best >= target_dice or len(keep) >= max_float:
                     break
+                if share + cost.get(name, 0.0) > max_float_share:
+                    continue
                 d = dice_of(keep + [name])
                 if d > best:
                     keep.append(name)
+                    share += cost.get(name, 0.0)
                     best = d
-                    say(f"INT8: {len(keep)} convolution(s) in FP32 -> dice {d:.4f}")
+                    say(f"INT8: {len(keep)} convolution(s) in FP32 ({100 * share:.1f}% of multiply-adds) "
+                        f"-> dice {d:.4f}")
         if tried > 1:  # the last variant tried may not be the one kept
             prep.quantize(dest, tiles, input_name, method, weight_bits, True, tuple(keep))
     _copy_metadata(src, dest, precision="int8")
     return Int8Tuning(target_dice=target_dice, check_tiles=int(len(check)), dice_all_int8=round(first, 6),
-                      dice=round(best, 6), float_nodes=keep, candidates=len(candidates),
+                      dice=round(best, 6), float_nodes=keep, float_share=round(share, 4),
+                      max_float_share=max_float_share, candidates=len(candidates),
                       sensitivity=sensitivity, variants_tried=tried, seconds=round(time.perf_counter() - t0, 2))

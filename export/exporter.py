@@ -41,6 +41,7 @@ class ExportOptions:
     int8_weights: str = "auto"
     int8_target_dice: float = INT8_MIN_DICE  # mixed-precision target; 0: every convolution INT8
     int8_max_float: int = 8
+    int8_max_float_share: float = 0.05
     trt: str | None = None
     min_batch: int = 1
     opt_batch: int = 4
@@ -166,7 +167,8 @@ def run_export(model_path: Path, opts: ExportOptions) -> dict:
             else:
                 tuning, t = ox.timed(cpu.tune_int8, tmp / "model.onnx", tmp / "model.int8.onnx", calib, check,
                                      info.input_name, threshold=info.threshold, target_dice=opts.int8_target_dice,
-                                     weight_bits=bits, max_float=opts.int8_max_float, progress=log.info)
+                                     weight_bits=bits, max_float=opts.int8_max_float,
+                                     max_float_share=opts.int8_max_float_share, progress=log.info)
             int8_probs = ox.onnx_predict(tmp / "model.int8.onnx", verify)
             vs_fp32 = ox.agreement(onnx_probs, int8_probs, info.threshold)
             vs_keras = ox.agreement(keras_probs, int8_probs, info.threshold)

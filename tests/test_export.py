@@ -212,6 +212,18 @@ def test_int8_mixed_precision_search_keeps_sensitive_convolutions_in_fp32(binary
                       target_dice=1.01, weight_bits=8, max_float=2)
     assert t.candidates > 0 and len(t.sensitivity) == t.candidates
     assert len(t.float_nodes) <= 2 and all(t.sensitivity[n] > 0 for n in t.float_nodes)
+    assert 0 <= t.float_share <= t.max_float_share == 0.05
+    costs = cpu.conv_costs(onnx.load(str(out / "model.onnx")), (64, 64, 3), convert_cost=0)
+    assert sum(costs.values()) == pytest.approx(1.0) and all(c > 0 for c in costs.values())
+    # a level down, twice the channels on a quarter of the area: the same multiply-adds
+    enc0, enc1 = (next(c for k, c in costs.items() if k.startswith(name)) for name in ("enc0_conv2", "enc1_conv2"))
+    assert enc0 == pytest.approx(enc1)
+    head = list(costs.values())[-1]  # 1x1, one output channel
+    assert head == pytest.approx(enc0 / 9 / 6)
+    # conversions add to the cost: 6 + 1 channels at 64x64 for the head
+    with_conv = cpu.conv_costs(onnx.load(str(out / "model.onnx")), (64, 64, 3), convert_cost=32)
+    macs_total = 6 * 6 * 9 * 64 * 64 / enc0
+    assert with_conv[list(costs)[-1]] == pytest.approx(head + 32 * 7 * 64 * 64 / macs_total)
     assert t.dice >= t.dice_all_int8 and t.variants_tried >= 1 + t.candidates
     # the file written is the variant reported: same dice on the check tiles
     written = agreement(onnx_predict(out / "model.onnx", check), onnx_predict(dest, check), info.threshold)
