@@ -31,6 +31,17 @@ def flexunet(*args) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
 
 
+def split_folders(tmp: Path, train, test) -> tuple[Path, Path]:
+    """Folders of hard links to the training (calibration) and held-out images, as a user would
+    pass them to `flexunet export --calibration-images` and `flexunet parity`."""
+    calib, held = tmp / "calibration", tmp / "test"
+    for folder, pairs in ((calib, train), (held, test)):
+        folder.mkdir()
+        for p in pairs:
+            os.link(p.image, folder / p.image.name)
+    return calib, held
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--keras", type=Path, required=True)
@@ -49,11 +60,7 @@ def main(argv=None):
     slides = cfg.train.image_datapath
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        calib, held = tmp / "calibration", tmp / "test"
-        for folder, pairs in ((calib, train), (held, test)):
-            folder.mkdir()
-            for p in pairs:
-                os.link(p.image, folder / p.image.name)
+        calib, held = split_folders(tmp, train, test)
         out = tmp / "export"
         r = flexunet("export", args.keras, "-o", out, "--config", cfg_path, "--data-root", root, "--int8",
                      "--calibration-images", calib, "--int8-min-dice", "0")

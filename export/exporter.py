@@ -109,6 +109,8 @@ def run_export(model_path: Path, opts: ExportOptions) -> dict:
             raise MissingDependencyError(f"--trt {opts.trt}: {reason}")
     if opts.int8 and opts.calibration_images is None:
         raise FlexunetError("--int8 needs --calibration-images DIR (real images to calibrate on)")
+    # --trt int8 calibrates on the same tiles, or on its calibration cache alone
+    calibrate = opts.int8 or (opts.trt == "int8" and opts.calibration_images is not None)
     ox.require_writable(out)
 
     cfg_path, data_root = find_config(model_path, opts.config, opts.data_root)
@@ -120,8 +122,8 @@ def run_export(model_path: Path, opts: ExportOptions) -> dict:
     info.versions = ox.tool_versions()
 
     calib = check = None
-    if opts.int8:  # read calibration data before any long work: a bad folder fails fast
-        tune = opts.int8_target_dice > 0
+    if calibrate:  # read calibration data before any long work: a bad folder fails fast
+        tune = opts.int8 and opts.int8_target_dice > 0
         calib = tiles.calibration_tiles(opts.calibration_images, info,
                                         opts.calibration_count + (INT8_CHECK_TILES if tune else 0))
         if tune:

@@ -142,6 +142,19 @@ def test_check_available_gives_a_one_line_reason_here():
     assert check_available() == reason  # stable, and never raises
 
 
+def test_gpu_benchmark_says_why_it_cannot_run_here(tmp_path):
+    reason = check_available()
+    if reason is None:
+        pytest.skip("TensorRT and a CUDA GPU are usable here: benchmarks/gpu_table.py would run for real")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_table.py"), "--keras",
+                          tmp_path / "none.keras", "--data-root", tmp_path], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stderr.strip() == (
+        f"gpu_table: {reason}; this benchmark needs TensorRT and a CUDA GPU")
+    assert not (REPO / "benchmarks" / "results" / "gpu_table.json").exists()
+
+
 def test_check_available_names_a_missing_device():
     reason = check_available(device=1_000)
     assert reason and "\n" not in reason
