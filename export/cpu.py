@@ -327,13 +327,74 @@ class _Prepared:
         exclude = _input_nodes(self.model) if float_first_conv else []
         exclude += _with_activations(self.model, [n for n in keep_float if n not in exclude])
         cache = {"calibration_cache_path": str(self.cache)} if _HAS_CALIBRATION_CACHE else {}
+        graph = self.path
+        if keep_float:
+            import onnx
+
+            model, added = _pointwise_as_matmul(self.model, set(keep_float))
+            if added:
+                graph = self.path.with_name(self.path.stem + ".float.onnx")
+                onnx.save_model(model, str(graph))
+                exclude += added
+        try:
+            self._quantize_static(quantize_static, graph, dest, tiles, input_name, weight_bits,
+                                  methods[method], QuantFormat, QuantType, exclude, cache)
+        finally:
+            if graph != self.path:
+                graph.unlink(missing_ok=True)
+
+    @staticmethod
+    def _quantize_static(quantize_static, graph, dest, tiles, input_name, weight_bits, method, QuantFormat,
+                         QuantType, exclude, cache):
         quantize_static(
-            str(self.path), str(dest), _TileReader(input_name, tiles),
+            str(graph), str(dest), _TileReader(input_name, tiles),
             quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=weight_bits == 7,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            calibrate_method=methods[method], op_types_to_quantize=list(INT8_OP_TYPES),
+            calibrate_method=method, op_types_to_quantize=list(INT8_OP_TYPES),
             nodes_to_exclude=exclude,
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True}, **cache)
+
+
+def _pointwise_as_matmul(model, names: set[str]):
+    """A copy of ``model`` in which the 1x1 convolutions named in ``names`` are channels-last
+    MatMul + Add between transposes (exact); returns it and the names of the nodes added.
+
+    For 1x1 convolutions kept in FP32 amid INT8 layers (the UNet's output layer): ONNX Runtime
+    keeps uint8 activations channels-last, and a float Conv there costs a layout conversion of its
+    whole input, which took most of its time at full resolution; MatMul reads channels-last data
+    as it is, and the transposes cancel against ONNX Runtime's own."""
+    import copy
+
+    from onnx import helper, numpy_helper
+
+    model = copy.deepcopy(model)
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    nodes, added = [], []
+    for n in g.node:
+        a = {x.name: helper.get_attribute_value(x) for x in n.attribute}
+        w = numpy_helper.to_array(inits[n.input[1]]) if n.op_type == "Conv" and n.input[1] in inits else None
+        if (w is None or n.name not in names or w.ndim != 4 or w.shape[2:] != (1, 1) or a.get("group", 1) != 1
+                or any(a.get("pads", [])) or any(v != 1 for v in a.get("strides", [1, 1]))
+                or (len(n.input) > 2 and n.input[2] not in inits)):
+            nodes.append(n)
+            continue
+        p = n.name + "_mm"
+        g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w[:, :, 0, 0].T), p + "_w"))
+        t = [p + "_nhwc", p + "_out", p + "_biased"]
+        nodes += [helper.make_node("Transpose", [n.input[0]], [t[0]], p + "_to_nhwc", perm=[0, 2, 3, 1]),
+                  helper.make_node("MatMul", [t[0], p + "_w"], [t[1]], n.name)]
+        last = t[1]
+        added += [p + "_to_nhwc"]
+        if len(n.input) > 2:
+            nodes.append(helper.make_node("Add", [t[1], n.input[2]], [t[2]], p + "_bias"))
+            last = t[2]
+            added.append(p + "_bias")
+        nodes.append(helper.make_node("Transpose", [last], list(n.output), p + "_to_nchw", perm=[0, 3, 1, 2]))
+        added.append(p + "_to_nchw")
+    del g.node[:]
+    g.node.extend(nodes)
+    return model, added
 
 
 def _calibration_cache_supported() -> bool:

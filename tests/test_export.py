@@ -228,13 +228,13 @@ def test_int8_mixed_precision_search_keeps_sensitive_convolutions_in_fp32(binary
     # the file written is the variant reported: same dice on the check tiles
     written = agreement(onnx_predict(out / "model.onnx", check), onnx_predict(dest, check), info.threshold)
     assert written.dice == pytest.approx(t.dice, abs=1e-6)
-    # float convolutions read FP32 weights, the others dequantised ones
+    # float convolutions read FP32 weights (1x1 ones as MatMul), the others dequantised ones
     graph = onnx.load(str(dest)).graph
     inits = {i.name for i in graph.initializer}
-    convs = {n.name: n for n in graph.node if n.op_type == "Conv"}
+    nodes = {n.name: n for n in graph.node if n.op_type in ("Conv", "MatMul")}
     for name in t.float_nodes:
-        assert convs[name].input[1] in inits
-    assert any(c.input[1] not in inits for c in convs.values())
+        assert nodes[name].input[1] in inits
+    assert any(c.input[1] not in inits for c in nodes.values() if c.op_type == "Conv")
     assert read_info(dest).precision == "int8"
     assert not list(tmp_path.glob("*.prep.onnx")) and not list(tmp_path.glob("*.calib.json"))
 
@@ -330,3 +330,31 @@ def test_calibration_views_make_up_a_short_tile_count():
     assert not {v.tobytes() for v in kept} & {v.tobytes() for v in held}
     kept, held = hold_out(all_views, 8, keep=14)  # fewer held out to keep 14, but a quarter at least
     assert (len(kept), len(held)) == (12, 4)
+
+
+def test_pointwise_convolution_as_matmul_is_exact():
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from export.cpu import _pointwise_as_matmul
+
+    rng = np.random.default_rng(3)
+    w = numpy_helper.from_array(rng.standard_normal((2, 5, 1, 1)).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.standard_normal(2).astype(np.float32), "b")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["y"], "head", kernel_shape=[1, 1])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 5, 6, 7])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 2, 6, 7])], [w, b])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    rewritten, added = _pointwise_as_matmul(model, {"head"})
+    assert [n.op_type for n in rewritten.graph.node] == ["Transpose", "MatMul", "Add", "Transpose"]
+    assert len(added) == 3 and [n.op_type for n in model.graph.node] == ["Conv"]  # the original is untouched
+    onnx.checker.check_model(rewritten)
+    x = rng.standard_normal((3, 5, 6, 7)).astype(np.float32)
+
+    def run(m):
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+    np.testing.assert_allclose(run(rewritten), run(model), rtol=1e-5, atol=1e-5)
+    assert _pointwise_as_matmul(model, {"other"})[1] == []  # only the convolutions named
