@@ -29,6 +29,21 @@ def timeit(fn, repeat: int, warmup: int = 1) -> list[float]:
     return out
 
 
+def timeit_interleaved(fns: dict, repeat: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Times of each of ``fns`` (name -> callable), called in turn ``repeat`` times, so that
+    every one sees the same machine load: ratios between them stay fair on a shared machine."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    out: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeat):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            out[k].append(time.perf_counter() - t)
+    return out
+
+
 def write_results(name: str, data: dict, markdown: str | None = None) -> Path:
     """benchmarks/results/<name>.json (+ .md), with the machine description."""
     RESULTS.mkdir(parents=True, exist_ok=True)

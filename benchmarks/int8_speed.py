@@ -5,7 +5,8 @@
 
 Exports the model as `flexunet export --int8` does (FP32 + INT8 calibrated on tiles of the config's
 [train] images, mixed-precision search included), then times both ONNX Runtime sessions on the same
-real tiles of the held-out [test] images in one run (warm-up excluded, repeated), and writes
+real tiles of the held-out [test] images in one run (warm-up excluded, repeated, the models
+called in turn so that each sees the same machine load), and writes
 benchmarks/results/<name>.{json,md}.  --images / --calibration-images override the two image sets.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import percentiles, timeit, write_results  # noqa: E402
+from benchmarks.common import percentiles, timeit_interleaved, write_results  # noqa: E402
 
 
 def main(argv=None):
@@ -92,14 +93,15 @@ def main(argv=None):
         rows = []
         for bs in [int(b) for b in args.batch_sizes.split(",")]:
             batch = tiles[:bs]
-            t32 = timeit(lambda: fp32.predict(batch), args.repeat, warmup=2)
-            t8 = timeit(lambda: int8.predict(batch), args.repeat, warmup=2)
-            l32, l8 = percentiles(t32), percentiles(t8)
+            fns = {"fp32": lambda: fp32.predict(batch), "int8": lambda: int8.predict(batch),
+                   **{k: (lambda b=v["backend"]: b.predict(batch)) for k, v in variants.items()}}
+            times = timeit_interleaved(fns, args.repeat, warmup=2)
+            l32, l8 = percentiles(times["fp32"]), percentiles(times["int8"])
             rows.append({"batch": bs, "fp32_ms_per_tile": 1e3 * l32["p50"] / bs,
                          "int8_ms_per_tile": 1e3 * l8["p50"] / bs, "speedup": l32["p50"] / l8["p50"],
                          "fp32_latency_s": l32, "int8_latency_s": l8})
-            for v in variants.values():
-                lv = percentiles(timeit(lambda: v["backend"].predict(batch), args.repeat, warmup=2))
+            for k, v in variants.items():
+                lv = percentiles(times[k])
                 v.setdefault("rows", []).append({"batch": bs, "ms_per_tile": 1e3 * lv["p50"] / bs,
                                                  "speedup": l32["p50"] / lv["p50"], "latency_s": lv})
         for v in variants.values():
