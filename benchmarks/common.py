@@ -18,17 +18,6 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def timeit(fn, repeat: int, warmup: int = 1) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
-
-
 def timeit_interleaved(fns: dict, repeat: int, warmup: int = 1) -> dict[str, list[float]]:
     """Times of each of ``fns`` (name -> callable), called in turn ``repeat`` times, so that
     every one sees the same machine load: ratios between them stay fair on a shared machine."""

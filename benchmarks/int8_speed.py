@@ -47,12 +47,10 @@ def main(argv=None):
 
     import_tensorflow_quietly()
     from export import onnx as ox
-    from export.exporter import ExportOptions, run_export
+    from export.exporter import ExportOptions, find_config, run_export
     from export.tiles import tiles_from_images
-    from runtime.imageio import list_images
-
-    from export.exporter import find_config
     from runtime.config import load_config
+    from runtime.imageio import list_images
     from train.dataset import split_pairs
 
     cfg_path, data_root = find_config(args.model, args.config, args.data_root)

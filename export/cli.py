@@ -28,9 +28,10 @@ from runtime.errors import EXIT_CODES_HELP
 @click.option("--int8-min-dice", type=click.FloatRange(0, 1), default=0.99, show_default=True,
               help="Refuse the INT8 model if its mask dice against FP32 is lower.")
 @click.option("--int8-target-dice", type=click.FloatRange(0, 1), default=0.99, show_default=True,
-              help="Mixed precision: keep the most sensitive convolutions in FP32 (at most --int8-max-float) "
+              help="Mixed precision: keep convolutions in FP32, most dice gained per estimated cost first, "
                    "until INT8 agrees with FP32 at this mask dice on calibration tiles held out of "
-                   "calibration; 0 quantises every convolution.")
+                   "calibration (within --int8-max-float and --int8-max-float-share); 0 quantises every "
+                   "convolution.")
 @click.option("--int8-max-float", type=click.IntRange(0), default=8, show_default=True,
               help="Most convolutions the mixed-precision search may keep in FP32.")
 @click.option("--int8-max-float-share", type=click.FloatRange(0, 1), default=0.05, show_default=True,
@@ -48,8 +49,7 @@ from runtime.errors import EXIT_CODES_HELP
 @handle_errors
 def export_cmd(model, out_dir, config, data_root, dynamic_size, opset, optimize, int8, calibration_images,
                calibration_count, int8_min_dice, int8_target_dice, int8_max_float, int8_max_float_share,
-               int8_weights, trt,
-               min_batch, opt_batch, max_batch, triton_repo):
+               int8_weights, trt, min_batch, opt_batch, max_batch, triton_repo):
     """Export MODEL (.keras) to ONNX with metadata, verified against Keras; optionally optimised and
     INT8 ONNX, a TensorRT engine and a Triton repository."""
     if not (min_batch <= opt_batch <= max_batch):

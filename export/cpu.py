@@ -337,22 +337,16 @@ class _Prepared:
                 onnx.save_model(model, str(graph))
                 exclude += added
         try:
-            self._quantize_static(quantize_static, graph, dest, tiles, input_name, weight_bits,
-                                  methods[method], QuantFormat, QuantType, exclude, cache)
+            quantize_static(
+                str(graph), str(dest), _TileReader(input_name, tiles),
+                quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=weight_bits == 7,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                calibrate_method=methods[method], op_types_to_quantize=list(INT8_OP_TYPES),
+                nodes_to_exclude=exclude,
+                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True}, **cache)
         finally:
             if graph != self.path:
                 graph.unlink(missing_ok=True)
-
-    @staticmethod
-    def _quantize_static(quantize_static, graph, dest, tiles, input_name, weight_bits, method, QuantFormat,
-                         QuantType, exclude, cache):
-        quantize_static(
-            str(graph), str(dest), _TileReader(input_name, tiles),
-            quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=weight_bits == 7,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            calibrate_method=method, op_types_to_quantize=list(INT8_OP_TYPES),
-            nodes_to_exclude=exclude,
-            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True}, **cache)
 
 
 def _pointwise_as_matmul(model, names: set[str]):
@@ -434,7 +428,7 @@ class Int8Tuning:
     dice_all_int8: float
     dice: float
     float_nodes: list[str]
-    float_share: float  # of the convolutions' multiply-adds, per tile
+    float_share: float  # estimated FP32 cost (conv_costs) as a share of the convolutions' multiply-adds
     max_float_share: float
     candidates: int
     sensitivity: dict[str, float]
@@ -498,8 +492,7 @@ def tune_int8(src: Path, dest: Path, tiles: np.ndarray, check: np.ndarray, input
     and convolutions are kept in FP32 one at a time, the most gain per unit of estimated cost
     (:func:`conv_costs`) first, until the target is met, ``max_float`` are, or the next would take
     the estimated FP32 cost over ``max_float_share`` of the model's multiply-adds (the speed INT8
-    is for).  The result is written to
-    ``dest`` whatever the dice; the caller judges it.
+    is for).  The result is written to ``dest`` whatever the dice; the caller judges it.
     """
     from .onnx import agreement, onnx_predict
 

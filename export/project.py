@@ -225,7 +225,8 @@ def _results(name, cfg, config_path, data_root, started, training, ev, export_re
     ref_truth = prep.reference_truth
     return {
         "project": name, "config": str(config_path), "data_root": str(data_root) if data_root else None,
-        "started": started, "keras_weights_sha256": export_report["keras_weights_sha256"], "variant": "reduced" if cfg.path.parent.name == "reduced" else "seed",
+        "started": started, "keras_weights_sha256": export_report["keras_weights_sha256"],
+        "variant": "reduced" if cfg.path.parent.name == "reduced" else "seed",
         "published": PUBLISHED.get(name),
         "model": {"parameters": export_report["parameters"], "input": [cfg.model.image_height, cfg.model.image_width,
                                                                        cfg.model.image_channels],
@@ -323,7 +324,8 @@ def results_markdown(r: dict) -> str:
     if tuning:
         kept = len(tuning["float_nodes"])
         lines.append(f"\nINT8 mixed precision: {kept} of {tuning['candidates']} convolutions kept in FP32 "
-                     f"(besides the first; {100 * tuning.get('float_share', 0):.1f}% of multiply-adds); mask dice vs FP32 on {tuning['check_tiles']} held-out calibration "
+                     f"(besides the first; {100 * tuning.get('float_share', 0):.1f}% of multiply-adds); "
+                     f"mask dice vs FP32 on {tuning['check_tiles']} held-out calibration "
                      f"tiles {tuning['dice_all_int8']:.4f} all-INT8, {tuning['dice']:.4f} as exported "
                      f"(target {tuning['target_dice']}).")
     fp = s["onnx_fp32"]

@@ -91,7 +91,8 @@ def hold_out(tiles: np.ndarray, count: int, keep: int | None = None, seed: int =
     """Split ``tiles`` into (kept, held out) at random: ``count`` held out, fewer when that would
     leave under ``keep`` tiles (but up to a quarter of them all the same)."""
     n = len(tiles)
-    count = min(count, max(n - (keep if keep is not None else n - count), n // 4))
+    if keep is not None:
+        count = min(count, max(n - keep, n // 4))
     if count <= 0:
         return tiles, tiles[:0]
     pick = np.zeros(n, bool)
