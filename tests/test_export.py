@@ -358,3 +358,107 @@ def test_pointwise_convolution_as_matmul_is_exact():
 
     np.testing.assert_allclose(run(rewritten), run(model), rtol=1e-5, atol=1e-5)
     assert _pointwise_as_matmul(model, {"other"})[1] == []  # only the convolutions named
+
+
+def _first_layers_model(channels=3, offset=0.0):
+    """input (N, 8, 8, C) -> x/255 + offset -> NCHW -> 3x3 Conv (5 filters) -> Relu -> 1x1 Conv -> Sigmoid."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(4)
+    inits = [numpy_helper.from_array(np.array([1 / 255], np.float32), "scale"),
+             numpy_helper.from_array(np.array([offset], np.float32), "offset"),
+             numpy_helper.from_array(rng.standard_normal((5, channels, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal(5).astype(np.float32), "b"),
+             numpy_helper.from_array(rng.standard_normal((1, 5, 1, 1)).astype(np.float32), "hw"),
+             numpy_helper.from_array(rng.standard_normal(1).astype(np.float32), "hb")]
+    nodes = [helper.make_node("Mul", ["x", "scale"], ["s"], "rescale"),
+             helper.make_node("Add", ["s", "offset"], ["a"], "shift"),
+             helper.make_node("Transpose", ["a"], ["t"], "to_nchw", perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["t", "w", "b"], ["c"], "first", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"], "relu"),
+             helper.make_node("Conv", ["r", "hw", "hb"], ["h"], "head", kernel_shape=[1, 1]),
+             helper.make_node("Sigmoid", ["h"], ["y"], "sigmoid")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 8, 8, channels])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1, 8, 8])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+
+def _run(model, x):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def test_input_scaling_as_channel_padding_matmul_is_exact():
+    import copy
+
+    import onnx
+    from onnx import numpy_helper
+
+    from export.cpu import _input_as_matmul, _output_convs
+
+    x = np.random.default_rng(5).integers(0, 256, (2, 8, 8, 3)).astype(np.float32)
+    model = _first_layers_model()
+    rewritten, exact = _input_as_matmul(copy.deepcopy(model))
+    onnx.checker.check_model(rewritten)
+    assert [n.op_type for n in rewritten.graph.node][:3] == ["MatMul", "Transpose", "Conv"]  # Mul, Add(0) folded
+    w = {i.name: numpy_helper.to_array(i) for i in rewritten.graph.initializer}["w"]
+    assert w.shape == (5, 4, 3, 3) and not w[:, 3].any()  # a 4th input channel, read with zero weights
+    np.testing.assert_allclose(_run(rewritten, x), _run(model, x), rtol=1e-6, atol=1e-6)
+    # where the uint8 grid can be kept: the tensors into the convolution, times 1/255 on the way
+    assert exact.gain == pytest.approx(1 / 255) and exact.tensors[-1] == "t"
+    assert _output_convs(rewritten) == ["head"]
+
+    shifted = _first_layers_model(offset=-0.5)  # an offset stays (as an Add) and is exact too
+    rewritten, exact = _input_as_matmul(copy.deepcopy(shifted))
+    assert exact is None and [n.op_type for n in rewritten.graph.node][:2] == ["MatMul", "Add"]
+    np.testing.assert_allclose(_run(rewritten, x), _run(shifted, x), rtol=1e-6, atol=1e-6)
+
+    four = _first_layers_model(channels=4)  # already a multiple of 4: unchanged
+    assert _input_as_matmul(copy.deepcopy(four))[1] is None
+
+
+def test_int8_first_layer_is_quantised_on_the_input_grid_with_corrected_bias(tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    from export import cpu
+
+    src = tmp_path / "model.onnx"
+    model = _first_layers_model()
+    from runtime.modelinfo import METADATA_KEY, ModelInfo
+
+    info = ModelInfo(height=8, width=8, channels=3, num_classes=1, input_name="x", output_name="y")
+    model.metadata_props.add(key=METADATA_KEY, value=info.to_json())
+    onnx.save_model(model, str(src))
+    rng = np.random.default_rng(6)
+    tiles = np.clip(rng.normal(200, 30, (16, 8, 8, 3)), 0, 230).round().astype(np.float32)  # bright, < 255
+    dest = cpu.quantize_int8(src, tmp_path / "model.int8.onnx", tiles, "x", weight_bits=8)
+    q = onnx.load(str(dest))
+    inits = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
+    nodes = list(q.graph.node)
+    producer = {o: n for n in nodes for o in n.output}
+    conv = next(n for n in nodes if n.op_type == "Conv")
+    x_dq = producer[conv.input[0]]
+    assert x_dq.op_type == "DequantizeLinear"
+    # the input's own grid: 1/255 per step from 0, whatever the calibration tiles' brightest pixel
+    assert float(inits[x_dq.input[1]]) == pytest.approx(1 / 255, rel=1e-6) and int(inits[x_dq.input[2]]) == 0
+    # weights rounded as int8_rounded says, bias moved by their mean error on the calibration tiles
+    w_dq = producer[conv.input[1]]
+    weights = inits[w_dq.input[0]].astype(np.float64) * inits[w_dq.input[1]].reshape(-1, 1, 1, 1)
+    w = np.pad({i.name: numpy_helper.to_array(i) for i in model.graph.initializer}["w"], [(0, 0), (0, 1), (0, 0), (0, 0)])
+    np.testing.assert_allclose(weights, cpu.int8_rounded(w.astype(np.float64), 8), rtol=1e-6, atol=1e-9)
+    b_dq = producer[conv.input[2]]
+    bias = inits[b_dq.input[0]] * inits[b_dq.input[1]]
+    mean = np.append(tiles.reshape(-1, 3).mean(0) / 255, 0)
+    shift = ((weights - w).sum(axis=(2, 3)) * mean).sum(1)
+    b = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}["b"]
+    assert np.abs(shift).max() > 1e-4
+    np.testing.assert_allclose(bias, b - shift, atol=2 * float(inits[b_dq.input[1]].max()))
+    # the output layer reads uint8 and writes float logits: no QuantizeLinear between it and the sigmoid
+    head = next(n for n in nodes if n.op_type == "MatMul" and n.input[1] not in inits)
+    assert producer[head.input[0]].op_type == "DequantizeLinear"
+    consumers = [n.op_type for n in nodes if head.output[0] in n.input]
+    assert "QuantizeLinear" not in consumers
+    x = tiles[:4]
+    assert np.abs(_run(q, x) - _run(model, x)).max() < 0.1
