@@ -18,15 +18,24 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def timeit_interleaved(fns: dict, repeat: int, warmup: int = 1) -> dict[str, list[float]]:
+def timeit_interleaved(fns: dict, repeat: int, warmup: int = 1, settle: int = 1) -> dict[str, list[float]]:
     """Times of each of ``fns`` (name -> callable), called in turn ``repeat`` times, so that
-    every one sees the same machine load: ratios between them stay fair on a shared machine."""
+    every one sees the same machine load: ratios between them stay fair on a shared machine.
+
+    At each turn ``settle`` untimed calls come first, so that the timed call does not pay for
+    switching models.  ONNX Runtime sessions that take turns should also be made without thread
+    spinning (``OnnxBackend(..., spinning=False)``): idle worker threads spin for a while after a
+    run, and on 2 cores the previous session's threads then compete with the current one
+    (measured at batch 1: FP32 90 ms and INT8 53 ms per 512x512 tile timed in turn with spinning,
+    58 and 26 ms each on its own)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     out: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeat):
         for k, fn in fns.items():
+            for _ in range(settle):
+                fn()
             t = time.perf_counter()
             fn()
             out[k].append(time.perf_counter() - t)

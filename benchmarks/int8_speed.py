@@ -6,7 +6,8 @@
 Exports the model as `flexunet export --int8` does (FP32 + INT8 calibrated on tiles of the config's
 [train] images, mixed-precision search included), then times both ONNX Runtime sessions on the same
 real tiles of the held-out [test] images in one run (warm-up excluded, repeated, the models
-called in turn so that each sees the same machine load), and writes
+called in turn so that each sees the same machine load, their sessions without thread spinning so
+that they do not compete for the cores), and writes
 benchmarks/results/<name>.{json,md}.  --images / --calibration-images override the two image sets.
 """
 from __future__ import annotations
@@ -39,7 +40,7 @@ def main(argv=None):
     ap.add_argument("--int8-weights", choices=["auto", "7", "8"], default="auto")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
                     help="also time an INT8 variant made by export.cpu.quantize_int8 with these keyword "
-                         "arguments, e.g. all_int8:float_first_conv=0,rewrite=0 (repeatable)")
+                         "arguments, e.g. first_fp32:float_first_conv=1 or plain:rewrite=0 (repeatable)")
     ap.add_argument("--name", default="int8_speed")
     args = ap.parse_args(argv)
 
@@ -69,8 +70,9 @@ def main(argv=None):
         tiles = tiles_from_images(test_images, info, args.tiles, seed=12345)
         from runtime.backends.onnx import OnnxBackend
 
-        fp32 = OnnxBackend(out / "model.onnx", provider="cpu", threads=args.threads)
-        int8 = OnnxBackend(out / "model.int8.onnx", provider="cpu", threads=args.threads)
+        # sessions timed in turn: no thread spinning (see timeit_interleaved)
+        fp32 = OnnxBackend(out / "model.onnx", provider="cpu", threads=args.threads, spinning=False)
+        int8 = OnnxBackend(out / "model.int8.onnx", provider="cpu", threads=args.threads, spinning=False)
         p32 = ox.predict_batches(fp32.predict, tiles)
         p8 = ox.predict_batches(int8.predict, tiles)
         agree = ox.agreement(p32, p8, info.threshold)
@@ -85,7 +87,7 @@ def main(argv=None):
                 vname, kw = _variant(spec)
                 path = out / f"model.{vname}.onnx"
                 cpu.quantize_int8(out / "model.onnx", path, calib, info.input_name, **{"weight_bits": bits, **kw})
-                backend = OnnxBackend(path, provider="cpu", threads=args.threads)
+                backend = OnnxBackend(path, provider="cpu", threads=args.threads, spinning=False)
                 va = ox.agreement(p32, ox.predict_batches(backend.predict, tiles), info.threshold)
                 variants[vname] = {"options": kw, "backend": backend, "vs_fp32": va.to_dict()}
         rows = []

@@ -324,7 +324,8 @@ def results_markdown(r: dict) -> str:
     if tuning:
         kept = len(tuning["float_nodes"])
         lines.append(f"\nINT8 mixed precision: {kept} of {tuning['candidates']} convolutions kept in FP32 "
-                     f"(besides the first; {100 * tuning.get('float_share', 0):.1f}% of multiply-adds); "
+                     f"({100 * tuning.get('float_share', 0):.1f}% of multiply-adds): "
+                     f"{', '.join(tuning['float_nodes']) or 'none'}; "
                      f"mask dice vs FP32 on {tuning['check_tiles']} held-out calibration "
                      f"tiles {tuning['dice_all_int8']:.4f} all-INT8, {tuning['dice']:.4f} as exported "
                      f"(target {tuning['target_dice']}).")

@@ -378,7 +378,8 @@ def _first_layers_model(channels=3, offset=0.0):
              helper.make_node("Relu", ["c"], ["r"], "relu"),
              helper.make_node("Conv", ["r", "hw", "hb"], ["h"], "head", kernel_shape=[1, 1]),
              helper.make_node("Sigmoid", ["h"], ["y"], "sigmoid")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 8, 8, channels])],
+    graph = helper.make_graph(nodes, "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 8, 8, channels])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1, 8, 8])], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
 
@@ -446,15 +447,15 @@ def test_int8_first_layer_is_quantised_on_the_input_grid_with_corrected_bias(tmp
     # weights rounded as int8_rounded says, bias moved by their mean error on the calibration tiles
     w_dq = producer[conv.input[1]]
     weights = inits[w_dq.input[0]].astype(np.float64) * inits[w_dq.input[1]].reshape(-1, 1, 1, 1)
-    w = np.pad({i.name: numpy_helper.to_array(i) for i in model.graph.initializer}["w"], [(0, 0), (0, 1), (0, 0), (0, 0)])
+    original = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    w = np.pad(original["w"], [(0, 0), (0, 1), (0, 0), (0, 0)])
     np.testing.assert_allclose(weights, cpu.int8_rounded(w.astype(np.float64), 8), rtol=1e-6, atol=1e-9)
     b_dq = producer[conv.input[2]]
     bias = inits[b_dq.input[0]] * inits[b_dq.input[1]]
     mean = np.append(tiles.reshape(-1, 3).mean(0) / 255, 0)
     shift = ((weights - w).sum(axis=(2, 3)) * mean).sum(1)
-    b = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}["b"]
     assert np.abs(shift).max() > 1e-4
-    np.testing.assert_allclose(bias, b - shift, atol=2 * float(inits[b_dq.input[1]].max()))
+    np.testing.assert_allclose(bias, original["b"] - shift, atol=2 * float(inits[b_dq.input[1]].max()))
     # the output layer reads uint8 and writes float logits: no QuantizeLinear between it and the sigmoid
     head = next(n for n in nodes if n.op_type == "MatMul" and n.input[1] not in inits)
     assert producer[head.input[0]].op_type == "DequantizeLinear"

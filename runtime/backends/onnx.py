@@ -118,7 +118,8 @@ class OnnxBackend(Backend):
         MissingDependencyError: the provider asked for cannot run here.
     """
 
-    def __init__(self, path: str | os.PathLike, provider: str | None = None, threads: int | None = None):
+    def __init__(self, path: str | os.PathLike, provider: str | None = None, threads: int | None = None,
+                 spinning: bool = True):
         ort = _onnxruntime()
         self._ort = ort
         self._errors = _ort_errors(ort)
@@ -128,6 +129,8 @@ class OnnxBackend(Backend):
         options.intra_op_num_threads = threads or cpu_threads()
         options.inter_op_num_threads = 1
         options.log_severity_level = _ORT_ERROR
+        if not spinning:  # idle worker threads sleep at once (for sessions that take turns)
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._session = ort.InferenceSession(str(self.path), options, providers=_providers_for(provider))
         except self._errors as exc:
