@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 
+from export.cpu import MAX_FLOAT_SHARE
 from runtime.cli import handle_errors, import_tensorflow_quietly
 from runtime.errors import EXIT_CODES_HELP
 
@@ -34,8 +35,10 @@ from runtime.errors import EXIT_CODES_HELP
                    "convolution.")
 @click.option("--int8-max-float", type=click.IntRange(0), default=8, show_default=True,
               help="Most convolutions the mixed-precision search may keep in FP32.")
-@click.option("--int8-max-float-share", type=click.FloatRange(0, 1), default=0.05, show_default=True,
-              help="Largest share of the model's multiply-adds the search may keep in FP32.")
+@click.option("--int8-max-float-share", type=click.FloatRange(0, 1), default=MAX_FLOAT_SHARE,
+              show_default=True,
+              help="Largest estimated FP32 cost the search may keep, as a share of the model's "
+                   "multiply-adds (about that share of the FP32 model's time).")
 @click.option("--int8-weights", type=click.Choice(["auto", "7", "8"]), default="auto", show_default=True,
               help="INT8 weight range: 8 bits, or 7 bits for CPUs without VNNI (whose kernels saturate "
                    "with 8-bit weights); auto picks by this machine's CPU.")

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from export.cpu import MAX_FLOAT_SHARE
 from runtime.atomic import write_text
 from runtime.config import load_config
 from runtime.errors import FlexunetError, MissingDependencyError, ModelError, VerificationError
@@ -41,7 +42,7 @@ class ExportOptions:
     int8_weights: str = "auto"
     int8_target_dice: float = INT8_MIN_DICE  # mixed-precision target; 0: every convolution INT8
     int8_max_float: int = 8
-    int8_max_float_share: float = 0.05
+    int8_max_float_share: float = MAX_FLOAT_SHARE
     trt: str | None = None
     min_batch: int = 1
     opt_batch: int = 4
