@@ -393,23 +393,25 @@ def quantize_int8(src: Path, dest: Path, tiles: np.ndarray, input_name: str = "i
     to a reduced range (see :func:`int8_weight_bits`).
 
     Measured with ONNX Runtime 1.31 on a 2-core AVX-512 VNNI CPU on the Tiled-MultipleMyeloma UNet
-    (base_filters 8, 512x512 tiles; benchmarks/int8_speed.py, results/int8_speed_vnni.md).  With
-    everything quantised INT8 was only 1.4-1.6x faster than FP32 with mask dice 0.965 vs FP32: the
-    8-channel full-resolution convolutions took 2/3 of the INT8 time (no faster than FP32) and the
-    float ConvTranspose with its layout transposes most of the rest.  Hence:
+    (base_filters 8, 512x512 tiles; benchmarks/int8_speed.py, results/int8_speed_vnni.md).  Quantised
+    as it comes, INT8 was only 1.4x faster than FP32: ONNX Runtime ran the 8-channel full-resolution
+    convolutions and the 3-channel first one on slow paths, and the ConvTranspose in float between
+    layout transposes.  Hence ``rewrite`` (all exact in FP32):
 
-    * ``float_first_conv``: the nodes from the input to the first convolution stay FP32 (so does
-      the sigmoid, see :data:`INT8_OP_TYPES`).  The output is very sensitive to that layer
-      (quantising it alone: dice 0.975; all but it: 0.992), and with 3 input channels it is ~3x
-      slower in int8 than in FP32.
-    * ``rewrite`` (both exact): :func:`_convtranspose_as_conv` keeps the decoder in uint8 NHWC,
-      and :func:`_widen_narrow_convs` pads 8-channel layers to 16 channels so ONNX Runtime uses
-      its symmetric u8s8 convolution (~1.6x faster there despite the extra zeros).  Together
-      ~1.25x on top of ``float_first_conv``.
-    * per-channel symmetric int8 weights, uint8 activations (u8s8, the VNNI path), MinMax
-      calibration: entropy gave the same dice, percentile and per-tensor weights nothing once
-      the first convolution is float; 7-bit weights lose accuracy on this model (dice 0.89) and
-      are only for CPUs without VNNI.
+    * :func:`_input_as_matmul` pads the input channels to 4 inside the input scaling, so the first
+      convolution runs INT8 on the fast kernel, quantised on the input's own uint8 grid, with its
+      bias corrected for its rounded weights (:func:`_correct_first_conv_bias`);
+    * :func:`_convtranspose_as_conv` keeps the decoder in uint8 NHWC;
+    * :func:`_widen_narrow_convs` pads 8-channel layers to 16 channels for ONNX Runtime's symmetric
+      u8s8 convolution (~1.6x faster there despite the extra zeros).
+
+    Together: 2.0-2.2x FP32 with every convolution INT8, mask dice vs FP32 0.990.  The output layer
+    reads uint8 and writes float logits (:data:`FLOAT_OUTPUT_OP_TYPES`); the sigmoid stays float
+    (see :data:`INT8_OP_TYPES`).  Per-channel symmetric int8 weights, uint8 activations (u8s8, the
+    VNNI path), MinMax calibration: entropy and percentile calibration gave no better dice and ran
+    out of memory on 512x512 tiles; 7-bit weights lose accuracy (dice 0.89 then) and are only for
+    CPUs without VNNI.  ``float_first_conv`` keeps the input scaling and the first convolution in
+    FP32 (dice 0.992 there, ~10% slower), as :func:`tune_int8` may choose.
 
     ``keep_float`` names further nodes (of the prepared graph, see :func:`int8_candidates`) that
     stay FP32, as chosen by :func:`tune_int8`.
