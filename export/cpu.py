@@ -113,12 +113,18 @@ _CONV_SYM_CHANNEL_MULTIPLE = 4
 _CONV_SYM_MIN_CHANNELS = 16
 
 
-def _input_nodes(model) -> list[str]:
-    """Names of the nodes from the graph inputs up to and including the first Conv(s)."""
-    consumers: dict[str, list] = {}
+def _consumers(model) -> dict[str, list]:
+    """Tensor name -> the nodes that read it."""
+    out: dict[str, list] = {}
     for n in model.graph.node:
         for t in n.input:
-            consumers.setdefault(t, []).append(n)
+            out.setdefault(t, []).append(n)
+    return out
+
+
+def _input_nodes(model) -> list[str]:
+    """Names of the nodes from the graph inputs up to and including the first Conv(s)."""
+    consumers = _consumers(model)
     found, seen = [], set()
     todo = [i.name for i in model.graph.input]
     while todo:
@@ -129,14 +135,6 @@ def _input_nodes(model) -> list[str]:
                 if n.op_type != "Conv":
                     todo.extend(n.output)
     return found
-
-
-def _consumers(model) -> dict[str, list]:
-    out: dict[str, list] = {}
-    for n in model.graph.node:
-        for t in n.input:
-            out.setdefault(t, []).append(n)
-    return out
 
 
 @dataclass
@@ -158,7 +156,7 @@ def _input_as_matmul(model, multiple: int = _CONV_SYM_CHANNEL_MULTIPLE):
     zeros).  With 3 input channels ONNX Runtime cannot run the first convolution with its fast
     symmetric u8s8 kernel (input channels must be a multiple of 4), and keeping it FP32 cost more
     than its multiply-adds: NCHWc reorders of its full-resolution output before the quantisation
-    (measured: ~15% of the INT8 time).  A channel Pad instead of the MatMul took 10%.
+    (measured: ~10% of the INT8 time).  A channel Pad instead of the MatMul took 10% too.
     """
     import onnx
     from onnx import helper, numpy_helper
@@ -348,10 +346,7 @@ def _widen_narrow_convs(model, channels: int = _CONV_SYM_MIN_CHANNELS):
         inits = {i.name: i for i in g.initializer}
         dims = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
                 for v in list(g.value_info) + list(g.input) + list(g.output)}
-        consumers: dict[str, list] = {}
-        for n in g.node:
-            for t in n.input:
-                consumers.setdefault(t, []).append(n)
+        consumers = _consumers(model)
         outputs = {o.name for o in g.output}
         # (tensor, channel offset where the new channels go), then the readers' weights to pad
         todo, readers, ok = [(conv.output[0], weight.shape[0])], [], True
@@ -672,7 +667,7 @@ CONVERT_COST = 32
 #: Smallest mask-dice gain for which :func:`tune_int8` keeps a convolution in FP32.  Smaller changes
 #: are what re-quantising with another set of float layers does by chance: on the reduced
 #: Tiled-MultipleMyeloma UNet, 27 of 28 convolutions measured between -0.0002 and +0.0003 alone
-#: (the first one +0.0027), and keeping two of them "gained" 0.0001 for 15% of the speed.
+#: (the first one +0.0027), and keeping two of them "gained" 0.0001 at a measurable cost in speed.
 MIN_GAIN = 0.0005
 #: Default largest estimated FP32 cost (:func:`conv_costs`, a share of the model's multiply-adds)
 #: :func:`tune_int8` may keep.  The FP32 layers then take about that share of the FP32 model's
