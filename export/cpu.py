@@ -122,6 +122,22 @@ def _consumers(model) -> dict[str, list]:
     return out
 
 
+def _with_nodes(model, nodes: list):
+    """``model`` with ``nodes`` as its graph (in that order), unused initializers dropped and
+    shapes inferred again."""
+    import onnx
+
+    g = model.graph
+    del g.node[:]
+    g.node.extend(nodes)
+    used = {i for n in g.node for i in n.input}
+    keep = [i for i in g.initializer if i.name in used]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    del g.value_info[:]
+    return onnx.shape_inference.infer_shapes(model)
+
+
 def _input_nodes(model) -> list[str]:
     """Names of the nodes from the graph inputs up to and including the first Conv(s)."""
     consumers = _consumers(model)
@@ -158,7 +174,6 @@ def _input_as_matmul(model, multiple: int = _CONV_SYM_CHANNEL_MULTIPLE):
     than its multiply-adds: NCHWc reorders of its full-resolution output before the quantisation
     (measured: ~10% of the INT8 time).  A channel Pad instead of the MatMul took 10% too.
     """
-    import onnx
     from onnx import helper, numpy_helper
 
     g = model.graph
@@ -224,15 +239,8 @@ def _input_as_matmul(model, multiple: int = _CONV_SYM_CHANNEL_MULTIPLE):
     at = min((nodes.index(n) for n in removed), default=nodes.index(transpose))
     kept = [n for n in nodes if n not in removed]
     kept[at:at] = new
-    del g.node[:]
-    g.node.extend(kept)
-    used = {i for n in g.node for i in n.input}
-    keep = [i for i in g.initializer if i.name in used]
-    del g.initializer[:]
-    g.initializer.extend(keep)
-    del g.value_info[:]
     exact = None if offset.any() or (scale < 0).any() else InputRange([last, transpose.output[0]], float(scale.max()))
-    return onnx.shape_inference.infer_shapes(model), exact
+    return _with_nodes(model, kept), exact
 
 
 def _output_convs(model) -> list[str]:
@@ -299,14 +307,7 @@ def _convtranspose_as_conv(model):
                   helper.make_node("Transpose", [t[2]], [t[3]], p + "_shuffle", perm=[0, 1, 3, 2, 4, 5]),
                   helper.make_node("Reshape", [t[3], p + "_shape4"], [t[4]], p + "_merge"),
                   helper.make_node("Transpose", [t[4]], list(n.output), p + "_nchw", perm=[0, 3, 1, 2])]
-    del g.node[:]
-    g.node.extend(nodes)
-    used = {i for n in g.node for i in n.input}
-    keep = [i for i in g.initializer if i.name in used]
-    del g.initializer[:]
-    g.initializer.extend(keep)
-    del g.value_info[:]
-    return onnx.shape_inference.infer_shapes(model)
+    return _with_nodes(model, nodes)
 
 
 def _widen_narrow_convs(model, channels: int = _CONV_SYM_MIN_CHANNELS):
@@ -476,7 +477,7 @@ class _Prepared:
         import onnx
 
         model = self.model
-        if not float_first_conv and self.input_range:
+        if not float_first_conv:
             model = _correct_first_conv_bias(model, tiles, weight_bits)
         # 1x1 convolutions kept in FP32 run as float MatMul; the output layer as a MatMul with
         # uint8 input and float output

@@ -112,6 +112,8 @@ class OnnxBackend(Backend):
         path: the model; its ``metadata_props`` must hold the flexunet :class:`ModelInfo`.
         provider: ``"cpu"``, ``"cuda"``, ``"tensorrt"``, or None for the fastest usable one.
         threads: intra-op CPU threads (default: all cores this process may use).
+        spinning: let idle worker threads spin between runs (ONNX Runtime's default); False for
+            sessions timed in turn, which would otherwise compete with each other's idle threads.
 
     Raises:
         ModelError: not a readable ONNX model, no flexunet metadata, or not an NHWC image model.
