@@ -78,11 +78,25 @@ def export_cmd(model, out_dir, config, data_root, dynamic_size, opset, optimize,
         if a.get("float_convolutions"):
             click.echo(f"  {'':<18} mixed precision: {len(a['float_convolutions'])} convolution(s) kept in FP32 "
                        f"({100 * a['tuning']['float_share']:.1f}% of multiply-adds)")
+        shortfall = int8_shortfall(name, a.get("tuning"))
+        if shortfall:
+            click.echo(f"warning: {shortfall}", err=True)
     if "triton_repository" in report:
         click.echo(f"  triton repository: {report['triton_repository']}")
     click.echo(f"verified on {report['verification_tiles']['count']} tiles "
                f"({report['verification_tiles']['source']}); report: {out_dir}/export_report.json "
                f"({report['total_seconds']:.1f}s)")
+
+
+def int8_shortfall(name: str, tuning: dict | None) -> str | None:
+    """One line when the INT8 search ended below its target dice (None when it met it)."""
+    if not tuning or tuning["dice"] >= tuning["target_dice"]:
+        return None
+    return (f"{name}: the INT8 search reached mask dice {tuning['dice']:.4f} vs FP32 on {tuning['check_tiles']} "
+            f"check tiles, below its target {tuning['target_dice']}, with at most "
+            f"{100 * tuning['max_float_share']:.0f}% of multiply-adds in FP32 (--int8-max-float-share); "
+            "check it with flexunet parity before use (benchmarks/weight_headroom.py shows whether any "
+            "INT8 version of the model can pass)")
 
 
 @click.command("project", epilog=EXIT_CODES_HELP)

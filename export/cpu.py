@@ -507,6 +507,14 @@ def int8_rounded(w: np.ndarray, weight_bits: int = 8) -> np.ndarray:
     return np.clip(np.round(w / scale), -qmax, qmax) * scale
 
 
+def rounding_bias_shift(w: np.ndarray, rounded: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """The mean output shift of a convolution whose weights ``w`` (output channels first) became
+    ``rounded``, on inputs of per-channel mean ``mean``: per output channel, the sum over input
+    channels and taps of (rounded - w) * mean.  A bias minus this shift cancels it (bias
+    correction, Nagel et al. 2019)."""
+    return ((rounded - w).sum(axis=tuple(range(2, w.ndim))) * mean[None, :]).sum(1)
+
+
 def _correct_first_conv_bias(model, tiles: np.ndarray, weight_bits: int):
     """A copy of ``model`` whose first convolution's bias absorbs the mean error its INT8 weights
     will make on the calibration tiles (bias correction, Nagel et al. 2019, for that layer).
@@ -541,7 +549,7 @@ def _correct_first_conv_bias(model, tiles: np.ndarray, weight_bits: int):
     w = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float64)
     if w.shape[1] != mean.size:
         return model
-    shift = ((int8_rounded(w, weight_bits) - w).sum(axis=(2, 3)) * mean[None, :]).sum(1)
+    shift = rounding_bias_shift(w, int8_rounded(w, weight_bits), mean)
     if len(conv.input) > 2 and conv.input[2] in inits:
         bias = numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64)
         inits[conv.input[2]].CopyFrom(numpy_helper.from_array((bias - shift).astype(np.float32), conv.input[2]))

@@ -175,6 +175,9 @@ def test_int8_export_reports_dice_and_refuses_below_limit(binary_model, tmp_path
     assert a["calibration"]["tiles"] == 16 and 0.0 <= a["vs_fp32"]["dice"] <= 1.0
     assert a["tuning"]["check_tiles"] == 16 and a["tuning"]["target_dice"] == 0.99
     assert a["float_convolutions"] == a["tuning"]["float_nodes"]
+    # a search that ends below its target says so, naming the artifact (and only then)
+    missed = a["tuning"]["dice"] < a["tuning"]["target_dice"]
+    assert ("warning: model.int8.onnx: the INT8 search reached" in r.stderr) == missed, r.stderr
     assert "vs_fp32" in a and a["bytes"] < json.loads((out / "export_report.json").read_text())["artifacts"]["model.onnx"]["bytes"]
     from export.onnx import read_info
 
@@ -191,6 +194,17 @@ def test_int8_export_reports_dice_and_refuses_below_limit(binary_model, tmp_path
     if r.exit_code != 0:  # dice below 1.0: refused, nothing written
         assert r.exit_code == 1 and "model.int8.onnx" in r.stderr
         assert not (out2 / "model.int8.onnx").exists() and not (out2 / "model.onnx").exists()
+
+
+def test_int8_shortfall_line_only_below_the_target():
+    from export.cli import int8_shortfall
+
+    tuning = {"dice": 0.9445, "target_dice": 0.99, "check_tiles": 16, "max_float_share": 0.1}
+    line = int8_shortfall("model.int8.onnx", tuning)
+    assert line.startswith("model.int8.onnx: the INT8 search reached mask dice 0.9445") and "10%" in line
+    assert "\n" not in line
+    assert int8_shortfall("model.int8.onnx", dict(tuning, dice=0.991)) is None
+    assert int8_shortfall("model.int8.onnx", None) is None
 
 
 def test_int8_mixed_precision_search_keeps_sensitive_convolutions_in_fp32(binary_model, tmp_path):
@@ -463,3 +477,71 @@ def test_int8_first_layer_is_quantised_on_the_input_grid_with_corrected_bias(tmp
     assert "QuantizeLinear" not in consumers
     x = tiles[:4]
     assert np.abs(_run(q, x) - _run(model, x)).max() < 0.1
+
+
+def test_weight_headroom_perturbs_output_channels_of_conv_and_convtranspose():
+    """The headroom benchmark rounds weights per output channel: axis 0 of a Conv's weights,
+    axis 1 of a ConvTranspose's."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from benchmarks.weight_headroom import perturbed
+
+    conv_w = np.ones((4, 3, 3, 3), np.float32)
+    up_w = np.ones((4, 2, 2, 2), np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "cw"], ["y"], "conv", pads=[1, 1, 1, 1]),
+         helper.make_node("ConvTranspose", ["y", "uw"], ["z"], "up", strides=[2, 2])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(conv_w, "cw"), numpy_helper.from_array(up_w, "uw")])
+    model = helper.make_model(graph)
+
+    def by_channel(w):
+        return w * np.arange(1, len(w) + 1).reshape((-1,) + (1,) * (w.ndim - 1))
+
+    out = {i.name: numpy_helper.to_array(i) for i in perturbed(model, by_channel).graph.initializer}
+    assert [float(out["cw"][o].max()) for o in range(4)] == [1, 2, 3, 4]
+    assert [float(out["uw"][:, o].max()) for o in range(2)] == [1, 2]
+    assert float(out["uw"][:, 0].min()) == 1  # the input axis of the ConvTranspose is untouched
+    only = {i.name: numpy_helper.to_array(i) for i in perturbed(model, by_channel, only="up").graph.initializer}
+    assert np.array_equal(only["cw"], conv_w)
+    assert np.array_equal(numpy_helper.to_array(model.graph.initializer[0]), conv_w)  # a copy changed
+
+
+def test_weight_headroom_bias_correction_cancels_the_mean_error_of_changed_weights():
+    """With per-channel constant inputs, a bias-corrected Conv with changed weights gives the
+    original outputs away from the borders; a stride-2 ConvTranspose the original mean."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from benchmarks.weight_headroom import input_means, perturbed
+
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "cw", "cb"], ["y"], "conv", pads=[1, 1, 1, 1]),
+         helper.make_node("ConvTranspose", ["y", "uw"], ["z"], "up", strides=[2, 2])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8]),
+         helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 2, 16, 16])],
+        [numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "cw"),
+         numpy_helper.from_array(rng.normal(size=4).astype(np.float32), "cb"),
+         numpy_helper.from_array(rng.normal(size=(4, 2, 2, 2)).astype(np.float32), "uw")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    x = np.broadcast_to(np.array([0.8, 0.5, 0.3], np.float32)[None, :, None, None], (1, 3, 8, 8)).copy()
+
+    def run(m):
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+
+    def change(w):
+        return w + 0.05 * np.random.default_rng(1).normal(size=w.shape)
+
+    y0, z0 = run(model)
+    y1, _ = run(perturbed(model, change, only="conv"))
+    y2, _ = run(perturbed(model, change, only="conv", input_means=input_means(model, x, batch=1)))
+    inner = (slice(None), slice(None), slice(1, -1), slice(1, -1))
+    assert np.abs(y1[inner] - y0[inner]).max() > 1e-3  # the change alone moves the outputs
+    np.testing.assert_allclose(y2[inner], y0[inner], atol=1e-5)
+    _, z1 = run(perturbed(model, change, only="up"))
+    _, z2 = run(perturbed(model, change, only="up", input_means=input_means(model, x, batch=1)))
+    assert np.abs(z1.mean(axis=(2, 3)) - z0.mean(axis=(2, 3))).max() > 1e-3
+    np.testing.assert_allclose(z2.mean(axis=(2, 3)), z0.mean(axis=(2, 3)), atol=1e-5)
