@@ -186,7 +186,7 @@ backend {seg.describe()}; tile {th}x{tw}, overlap {overlap}, batch {args.batch_s
 | speed-up vs seed-style | {res['speedup_vs_seed_style']:.2f}x |
 | tiled vs whole mask dice (mean / min) | {res['dice_tiled_vs_whole_mean']:.5f} / {res['dice_tiled_vs_whole_min']:.5f} |
 | seed-style vs whole mask dice (mean) | {res['dice_seed_vs_whole_mean']:.5f} |
-| dice vs ground truth: tiled / whole / seed-style | {res['dice_vs_truth_mean']} |
+| dice vs ground truth: tiled / whole / seed-style | {' / '.join('–' if v is None else f'{v:.4f}' for v in res['dice_vs_truth_mean'].values())} |
 | peak RSS, folder of {rss['slides']} slides | {rss['peak_rss_bytes'] / 2**30:.2f} GiB ({rss['wall_seconds']:.0f} s) |
 """
     print(md)
