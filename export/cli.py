@@ -118,10 +118,12 @@ def project_cmd(project, data_root, config, skip_train, epochs):
     """
     import sys
 
-    from .project import resolve_config, run_project
+    from .project import parity_failures, resolve_config, run_project
 
     path = resolve_config(project, config)
     import_tensorflow_quietly()
-    _, code = run_project(path, data_root, skip_train=skip_train, epochs=epochs,
-                          say=lambda line: click.echo(line))
+    results, code = run_project(path, data_root, skip_train=skip_train, epochs=epochs,
+                                say=lambda line: click.echo(line))
+    for line in parity_failures(results):
+        click.echo(f"error: {line}", err=True)
     sys.exit(code)

@@ -218,6 +218,22 @@ def _throughput(models: dict[str, Path], images: list[Path], config: Path, say) 
     return out
 
 
+def parity_failures(results: dict) -> list[str]:
+    """One line per exported model that failed its parity check (none when all passed)."""
+    folder = Path(results["config"]).parent
+    out = []
+    for name, c in results["parity"]["candidates"].items():
+        if c["verdict"] == "pass":
+            continue
+        line = (f"{name} fails parity: mask dice vs Keras {c['dice_vs_keras']:.4f} < {c['min_dice']} "
+                f"({folder / 'results' / 'parity.md'})")
+        if c["precision"] == "int8":
+            line += (f"; python benchmarks/weight_headroom.py --model {folder / 'export' / 'model.onnx'} "
+                     "shows whether any INT8 version of this model can pass")
+        out.append(line)
+    return out
+
+
 def _results(name, cfg, config_path, data_root, started, training, ev, export_report, prep, speed,
              n_train, test_images, times) -> dict:
     cands = {Path(c["model"]).name: c for c in prep.to_dict()["candidates"]}

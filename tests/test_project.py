@@ -87,6 +87,9 @@ def test_project_runs_the_whole_chain(tmp_path, data_root, monkeypatch):
     assert result.exit_code == (0 if r["parity"]["passed"] else 1), out
     fp32, int8 = r["parity"]["candidates"]["model.onnx"], r["parity"]["candidates"]["model.int8.onnx"]
     assert fp32["verdict"] == "pass" and fp32["dice_vs_keras"] >= 0.999
+    # a failed check ends the run with one line naming the model, and only then
+    assert ("error: model.int8.onnx fails parity: mask dice vs Keras" in result.stderr) == (int8["verdict"] != "pass")
+    assert "model.onnx fails parity" not in result.stderr
     assert int8["precision"] == "int8" and 0.0 <= int8["dice_vs_keras"] <= 1.0
     for step in ("train", "evaluate", "export", "infer", "parity", "bench"):
         assert f"] {step}: done" in out
@@ -142,6 +145,19 @@ def test_project_runs_the_whole_chain(tmp_path, data_root, monkeypatch):
     assert failed.exit_code == 2 and "error: parity broke" in failed.output
     assert {p.name: p.read_bytes() for p in (base / "results").iterdir()} == before
     assert (project / "README.md").read_text() == readme_before
+
+
+def test_parity_failures_name_each_failing_model():
+    from export.project import parity_failures
+
+    results = {"config": "/p/Lizard/reduced/train_eval_infer.config", "parity": {"candidates": {
+        "model.onnx": {"precision": "fp32", "dice_vs_keras": 1.0, "min_dice": 0.999, "verdict": "pass"},
+        "model.int8.onnx": {"precision": "int8", "dice_vs_keras": 0.9508, "min_dice": 0.99, "verdict": "fail"}}}}
+    lines = parity_failures(results)
+    assert len(lines) == 1 and lines[0].startswith("model.int8.onnx fails parity: mask dice vs Keras 0.9508 < 0.99")
+    assert "/p/Lizard/reduced/results/parity.md" in lines[0] and "weight_headroom.py --model /p/Lizard/reduced/export/model.onnx" in lines[0]
+    results["parity"]["candidates"]["model.int8.onnx"]["verdict"] = "pass"
+    assert parity_failures(results) == []
 
 
 def test_project_says_which_data_is_missing(tmp_path):
