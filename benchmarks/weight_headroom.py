@@ -14,13 +14,14 @@ changed, activations left in FP32, and each variant's masks are compared with th
   activation rounding;
 * ``int8 weights, bias-corrected``: the same, each layer's bias absorbing the mean error of its
   rounded weights on the calibration tiles (tiles of the [train] images; the export does this for
-  the first convolution only) -- what any INT8 model can at best hope for, its activations being
-  rounded too;
+  the first convolution only) -- a fair best case for an INT8 model with these weights, whose
+  activations are rounded too;
 * per layer: only that layer's weights rounded to INT8, bias-corrected;
 * ``INT8 model``: model.int8.onnx beside the model, if there, itself.
 
 A model whose masks change by more than the parity tolerance with bias-corrected INT8 weights and
-FP32 activations has no all-INT8 version that passes, whatever the calibration.  Writes
+FP32 activations cannot be expected to pass as all-INT8, whatever the calibration (which sets only
+the activations' ranges).  Writes
 benchmarks/results/<name>.{json,md}.
 """
 from __future__ import annotations
