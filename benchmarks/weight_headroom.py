@@ -58,7 +58,7 @@ def perturbed(model, change, only: str | None = None, input_means: dict | None =
 
     from onnx import helper, numpy_helper
 
-    from export.cpu import rounding_bias_shift
+    from export.cpu import rounding_bias_shift, subtract_from_bias
 
     model = copy.deepcopy(model)
     inits = {i.name: i for i in model.graph.initializer}
@@ -78,14 +78,7 @@ def perturbed(model, change, only: str | None = None, input_means: dict | None =
         share = 1.0
         if n.op_type == "ConvTranspose":
             share = 1.0 / float(np.prod(attrs.get("strides", [1, 1])))
-        shift = share * rounding_bias_shift(w, new, mean)
-        if len(n.input) > 2 and n.input[2] in inits:
-            bias = numpy_helper.to_array(inits[n.input[2]]).astype(np.float64)
-            inits[n.input[2]].CopyFrom(numpy_helper.from_array((bias - shift).astype(np.float32), n.input[2]))
-        elif len(n.input) < 3:
-            name = n.name + "_corrected_bias"
-            model.graph.initializer.append(numpy_helper.from_array((-shift).astype(np.float32), name))
-            n.input.append(name)
+        subtract_from_bias(model, n, share * rounding_bias_shift(w, new, mean))
     return model
 
 
@@ -151,39 +144,42 @@ def measure(model_path: Path, args) -> dict:
     name = label_of(model_path)
 
     rows: list[dict] = []
+
+    def score(what: str, candidate: Path, layer: str | None = None) -> None:
+        a = agreement(reference, onnx_predict(candidate, tiles), info.threshold)
+        rows.append({"variant": what, "layer": layer, "dice": round(a.dice, 6),
+                     "max_abs_diff": round(a.max_abs_diff, 6)})
+        print(f"{name}: {what:28s} {layer or '':30s} dice {a.dice:.4f}  max |dp| {a.max_abs_diff:.3g}",
+              flush=True)
+
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "variant.onnx"
 
-        def score(what: str, variant=None, layer: str | None = None) -> None:
-            if variant is not None:
-                onnx.save_model(variant, str(path))
-            a = agreement(reference, onnx_predict(path if variant is not None else int8_path, tiles),
-                          info.threshold)
-            rows.append({"variant": what, "layer": layer, "dice": round(a.dice, 6),
-                         "max_abs_diff": round(a.max_abs_diff, 6)})
-            print(f"{name}: {what:28s} {layer or '':30s} dice {a.dice:.4f}  max |dp| {a.max_abs_diff:.3g}",
-                  flush=True)
+        def saved(variant) -> Path:
+            onnx.save_model(variant, str(path))
+            return path
 
-        score("fp16 weights", perturbed(model, lambda w: w.astype(np.float16).astype(np.float64)))
-        score("int8 weights", perturbed(model, int8_rounded))
-        score("int8 weights, bias-corrected", perturbed(model, int8_rounded, input_means=means))
+        score("fp16 weights", saved(perturbed(model, lambda w: w.astype(np.float16).astype(np.float64))))
+        score("int8 weights", saved(perturbed(model, int8_rounded)))
+        score("int8 weights, bias-corrected", saved(perturbed(model, int8_rounded, input_means=means)))
         if not args.no_layers:
             for n in model.graph.node:
                 if n.op_type in CONV_TYPES:
-                    score("int8 weights, one layer", perturbed(model, int8_rounded, n.name, means), n.name)
-        int8_path = model_path.with_name("model.int8.onnx")
-        if int8_path.is_file():
-            score("INT8 model")
+                    score("int8 weights, one layer", saved(perturbed(model, int8_rounded, n.name, means)), n.name)
+    int8_path = model_path.with_name("model.int8.onnx")
+    if int8_path.is_file():
+        score("INT8 model", int8_path)
     return {"model": str(model_path), "label": name, "images": [str(p) for p in images], "where": where,
-            "tiles": int(len(tiles)), "means_from": f"{len(calibration)} [train] images" if calibration
-            else "the measured tiles", "rows": rows}
+            "tiles": int(len(tiles)), "means_from": "its [train] images" if calibration
+            else "the measured images", "rows": rows}
 
 
 def markdown(results: list[dict]) -> str:
     variants = ["fp16 weights", "int8 weights", "int8 weights, bias-corrected", "INT8 model"]
     md = ["# Weight headroom: mask dice vs the unchanged FP32 model", "",
           "Tiles of each model's held-out images; only the weights are rounded (activations FP32) except "
-          "in the INT8 model itself; bias correction from the mean inputs on tiles of the [train] images.", "",
+          "in the INT8 model itself; bias correction from the mean inputs on "
+          + "; ".join(sorted({f"tiles of {r['means_from']}" for r in results})) + ".", "",
           "| model | tiles | " + " | ".join(variants) + " | most sensitive layer (alone, bias-corrected) |",
           "|---|---|" + "---|" * (len(variants) + 1)]
     for r in results:

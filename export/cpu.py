@@ -421,7 +421,7 @@ def quantize_int8(src: Path, dest: Path, tiles: np.ndarray, input_name: str = "i
 class _Prepared:
     """The FP32 graph as quantisation sees it (pre-processed, rewritten) in a temporary file beside
     ``dest``, with a calibration cache so that variants differing only in which nodes stay FP32
-    are calibrated once."""
+    are calibrated once (every :meth:`quantize` call gets the same calibration tiles)."""
 
     def __init__(self, src: Path, dest: Path, rewrite: bool = True):
         self.src, self.dest, self.rewrite = Path(src), Path(dest), rewrite
@@ -430,6 +430,7 @@ class _Prepared:
         self.model = None
         self.input_range = None
         self.input_max = _input_max(self.src)
+        self._bias_corrected: dict[int, object] = {}  # weight bits -> the graph, first layer corrected
 
     def __enter__(self):
         import onnx
@@ -477,8 +478,10 @@ class _Prepared:
         import onnx
 
         model = self.model
-        if not float_first_conv:
-            model = _correct_first_conv_bias(model, tiles, weight_bits)
+        if not float_first_conv:  # the same for every variant of a search: made once
+            if weight_bits not in self._bias_corrected:
+                self._bias_corrected[weight_bits] = _correct_first_conv_bias(model, tiles, weight_bits)
+            model = self._bias_corrected[weight_bits]
         # 1x1 convolutions kept in FP32 run as float MatMul; the output layer as a MatMul with
         # uint8 input and float output
         model, added = _pointwise_as_matmul(model, set(keep_float))
@@ -549,16 +552,25 @@ def _correct_first_conv_bias(model, tiles: np.ndarray, weight_bits: int):
     w = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float64)
     if w.shape[1] != mean.size:
         return model
-    shift = rounding_bias_shift(w, int8_rounded(w, weight_bits), mean)
-    if len(conv.input) > 2 and conv.input[2] in inits:
-        bias = numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64)
-        inits[conv.input[2]].CopyFrom(numpy_helper.from_array((bias - shift).astype(np.float32), conv.input[2]))
-    else:
-        name = conv.name + "_corrected_bias"
-        g.initializer.append(numpy_helper.from_array((-shift).astype(np.float32), name))
-        del conv.input[2:]
-        conv.input.append(name)
+    subtract_from_bias(model, conv, rounding_bias_shift(w, int8_rounded(w, weight_bits), mean))
     return model
+
+
+def subtract_from_bias(model, node, shift: np.ndarray) -> None:
+    """Subtract ``shift`` (one value per output channel) from convolution ``node``'s bias in
+    ``model``, in place; a node without a bias gets ``-shift`` as a new one."""
+    from onnx import numpy_helper
+
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    if len(node.input) > 2 and node.input[2] in inits:
+        bias = numpy_helper.to_array(inits[node.input[2]]).astype(np.float64)
+        inits[node.input[2]].CopyFrom(numpy_helper.from_array((bias - shift).astype(np.float32), node.input[2]))
+    else:
+        name = node.name + "_corrected_bias"
+        g.initializer.append(numpy_helper.from_array((-shift).astype(np.float32), name))
+        del node.input[2:]
+        node.input.append(name)
 
 
 def _input_max(path: Path) -> float | None:
