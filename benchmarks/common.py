@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from runtime.bench import PeakRSS, machine, percentiles  # noqa: E402,F401
+from flexunet.runtime.bench import PeakRSS, machine, percentiles  # noqa: E402,F401
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

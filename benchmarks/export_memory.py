@@ -85,7 +85,7 @@ VARIANT_BASE = dict(image_height=128, image_width=128, image_channels=3, num_cla
 GB = 1024 ** 3
 
 # The low-memory exporter ("fixed" method) is the project's own: export/keras2onnx.py.
-from export.keras2onnx import MB, export_keras_to_onnx  # noqa: E402
+from flexunet.export.keras2onnx import MB, export_keras_to_onnx  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,7 +318,7 @@ class _Stages:
 def _build(config):
     import keras
 
-    from train.model import build_unet, count_parameters
+    from flexunet.train.model import build_unet, count_parameters
 
     keras.utils.set_random_seed(0)
     model = build_unet(**config)

@@ -27,13 +27,13 @@ CONFIG = REPO / "projects" / "Tiled-MultipleMyeloma" / "train_eval_infer.config"
 
 
 def _save_model(path: Path) -> int:
-    from runtime.cli import import_tensorflow_quietly
+    from flexunet.cli import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     import keras
 
-    from runtime.config import load_config
-    from train.trainer import build_model, compile_model
+    from flexunet.core.config import load_config
+    from flexunet.train.trainer import build_model, compile_model
 
     keras.utils.set_random_seed(0)
     cfg = load_config(CONFIG)
@@ -54,7 +54,7 @@ def main(argv=None):
         tmp = Path(tmp)
         model = tmp / "seed8.keras"
         params = _save_model(model)
-        cmd = [sys.executable, "-m", "runtime.cli", "export", str(model), "-o", str(tmp / "out"),
+        cmd = [sys.executable, "-m", "flexunet", "export", str(model), "-o", str(tmp / "out"),
                "--config", str(CONFIG)]
         if args.data_root:
             cmd += ["--data-root", str(args.data_root)]

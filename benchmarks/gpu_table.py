@@ -38,16 +38,16 @@ def main(argv=None):
     ap.add_argument("--baseline-slides", type=int, default=2)
     args = ap.parse_args(argv)
 
-    from runtime.backends.tensorrt import check_available
+    from flexunet.runtime.backends.tensorrt import check_available
 
     reason = check_available()
     if reason:
         print(f"gpu_table: {reason}; this benchmark needs TensorRT and a CUDA GPU", file=sys.stderr)
         sys.exit(2)
 
-    from export.exporter import find_config
-    from runtime.config import load_config
-    from train.dataset import split_pairs
+    from flexunet.export.exporter import find_config
+    from flexunet.core.config import load_config
+    from flexunet.train.dataset import split_pairs
 
     cfg_path, root = find_config(args.keras, args.config, args.data_root)
     cfg = load_config(cfg_path, data_root=root)

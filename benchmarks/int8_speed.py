@@ -44,15 +44,15 @@ def main(argv=None):
     ap.add_argument("--name", default="int8_speed")
     args = ap.parse_args(argv)
 
-    from runtime.cli import import_tensorflow_quietly
+    from flexunet.cli import import_tensorflow_quietly
 
     import_tensorflow_quietly()
-    from export import onnx as ox
-    from export.exporter import ExportOptions, find_config, run_export
-    from export.tiles import tiles_from_images
-    from runtime.config import load_config
-    from runtime.imageio import list_images
-    from train.dataset import split_pairs
+    from flexunet.export import onnx as ox
+    from flexunet.export.exporter import ExportOptions, find_config, run_export
+    from flexunet.export.tiles import tiles_from_images
+    from flexunet.core.config import load_config
+    from flexunet.core.imageio import list_images
+    from flexunet.train.dataset import split_pairs
 
     cfg_path, data_root = find_config(args.model, args.config, args.data_root)
     cfg = load_config(cfg_path, data_root=data_root)
@@ -68,7 +68,7 @@ def main(argv=None):
             int8_weights=args.int8_weights, int8_target_dice=args.int8_target_dice))
         info = ox.read_info(out / "model.onnx")
         tiles = tiles_from_images(test_images, info, args.tiles, seed=12345)
-        from runtime.backends.onnx import OnnxBackend
+        from flexunet.runtime.backends.onnx import OnnxBackend
 
         # sessions timed in turn: no thread spinning (see timeit_interleaved)
         fp32 = OnnxBackend(out / "model.onnx", provider="cpu", threads=args.threads, spinning=False)
@@ -78,8 +78,8 @@ def main(argv=None):
         agree = ox.agreement(p32, p8, info.threshold)
         variants = {}
         if args.variant:
-            from export import cpu
-            from export.tiles import calibration_tiles
+            from flexunet.export import cpu
+            from flexunet.export.tiles import calibration_tiles
 
             calib = calibration_tiles(calib_images, info, args.calibration_count)
             bits = report["artifacts"]["model.int8.onnx"]["weight_bits"]

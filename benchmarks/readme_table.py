@@ -26,7 +26,7 @@ from benchmarks.common import write_results  # noqa: E402
 
 
 def flexunet(*args) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "runtime.cli", *[str(a) for a in args]]
+    cmd = [sys.executable, "-m", "flexunet", *[str(a) for a in args]]
     print("$ flexunet " + " ".join(str(a) for a in args), flush=True)
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
 
@@ -50,9 +50,9 @@ def main(argv=None):
     ap.add_argument("--baseline-slides", type=int, default=2)
     args = ap.parse_args(argv)
 
-    from export.exporter import find_config
-    from runtime.config import load_config
-    from train.dataset import split_pairs
+    from flexunet.export.exporter import find_config
+    from flexunet.core.config import load_config
+    from flexunet.train.dataset import split_pairs
 
     cfg_path, root = find_config(args.keras, args.config, args.data_root)
     cfg = load_config(cfg_path, data_root=root)

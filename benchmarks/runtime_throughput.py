@@ -41,8 +41,8 @@ def _tile(text: str | None):
 
 def _rss_child(args) -> None:
     """Child process: a folder run over N slides (the folder repeated), printing peak RSS as JSON."""
-    from runtime import Segmenter
-    from runtime.imageio import list_images
+    from flexunet.runtime import Segmenter
+    from flexunet.core.imageio import list_images
 
     slides = list_images(args.slides)
     with tempfile.TemporaryDirectory() as tmp:
@@ -80,11 +80,11 @@ def main(argv=None):
     if args.rss_child:
         return _rss_child(args)
 
-    from runtime import Segmenter
-    from runtime.imageio import list_images, read_image, read_mask
-    from runtime.masks import binary_labels
-    from runtime.metrics import dice
-    from runtime.seedstyle import seed_style_labels
+    from flexunet.runtime import Segmenter
+    from flexunet.core.imageio import list_images, read_image, read_mask
+    from flexunet.core.masks import binary_labels
+    from flexunet.core.metrics import dice
+    from flexunet.runtime.seedstyle import seed_style_labels
 
     slides = list_images(args.slides)
     seg = Segmenter(args.onnx, backend=args.backend, batch_size=args.batch_size, tile=_tile(args.tile))
@@ -117,10 +117,10 @@ def main(argv=None):
 
     # 3. quality: tiled vs whole (ours), seed-style vs whole, each vs ground truth
     whole_seg = Segmenter(args.onnx, backend=args.backend, whole=True)
-    from runtime.cli import import_tensorflow_quietly  # the seed-style loop runs the Keras model
+    from flexunet.cli import import_tensorflow_quietly  # the seed-style loop runs the Keras model
 
     import_tensorflow_quietly()
-    from train.evaluate import load_keras_model
+    from flexunet.train.evaluate import load_keras_model
 
     kmodel = load_keras_model(args.keras)
     size = info.tile_size[0]

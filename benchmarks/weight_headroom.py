@@ -58,7 +58,7 @@ def perturbed(model, change, only: str | None = None, input_means: dict | None =
 
     from onnx import helper, numpy_helper
 
-    from export.cpu import rounding_bias_shift, subtract_from_bias
+    from flexunet.export.cpu import rounding_bias_shift, subtract_from_bias
 
     model = copy.deepcopy(model)
     inits = {i.name: i for i in model.graph.initializer}
@@ -116,12 +116,12 @@ def measure(model_path: Path, args) -> dict:
     """Every variant's mask dice vs ``model_path`` on tiles of its held-out images."""
     import onnx
 
-    from export.cpu import int8_rounded
-    from export.onnx import agreement, onnx_predict, read_info
-    from export.tiles import tiles_from_images
-    from runtime.config import load_config
-    from runtime.imageio import list_images
-    from train.dataset import split_pairs
+    from flexunet.export.cpu import int8_rounded
+    from flexunet.export.onnx import agreement, onnx_predict, read_info
+    from flexunet.export.tiles import tiles_from_images
+    from flexunet.core.config import load_config
+    from flexunet.core.imageio import list_images
+    from flexunet.train.dataset import split_pairs
 
     info = read_info(model_path)
     calibration: list[Path] = []

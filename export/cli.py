@@ -5,9 +5,9 @@ from pathlib import Path
 
 import click
 
-from export.cpu import MAX_FLOAT_SHARE
-from runtime.cli import handle_errors, import_tensorflow_quietly
-from runtime.errors import EXIT_CODES_HELP
+from flexunet.export.cpu import MAX_FLOAT_SHARE
+from flexunet.cli import handle_errors, import_tensorflow_quietly
+from flexunet.core.errors import EXIT_CODES_HELP
 
 
 @click.command("export", epilog=EXIT_CODES_HELP)
@@ -58,7 +58,7 @@ def export_cmd(model, out_dir, config, data_root, dynamic_size, opset, optimize,
     if not (min_batch <= opt_batch <= max_batch):
         raise click.BadParameter("need --min-batch <= --opt-batch <= --max-batch")
     import_tensorflow_quietly()
-    from .exporter import ExportOptions, run_export
+    from flexunet.export.exporter import ExportOptions, run_export
 
     opts = ExportOptions(out_dir=out_dir, config=config, data_root=data_root, dynamic_size=dynamic_size,
                          opset=opset, optimize=optimize, int8=int8, calibration_images=calibration_images,
@@ -118,7 +118,7 @@ def project_cmd(project, data_root, config, skip_train, epochs):
     """
     import sys
 
-    from .project import parity_failures, resolve_config, run_project
+    from flexunet.export.project import parity_failures, resolve_config, run_project
 
     path = resolve_config(project, config)
     import_tensorflow_quietly()

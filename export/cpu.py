@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import FlexunetError
+from flexunet.core.errors import FlexunetError
 
 
 def optimize(src: Path, dest: Path) -> Path:
@@ -28,7 +28,7 @@ def optimize(src: Path, dest: Path) -> Path:
 def _copy_metadata(src: Path, dest: Path, precision: str | None = None) -> None:
     import onnx
 
-    from runtime.modelinfo import METADATA_KEY, ModelInfo
+    from flexunet.core.modelinfo import METADATA_KEY, ModelInfo
 
     a = onnx.load_model(str(src), load_external_data=False)
     b = onnx.load_model(str(dest))
@@ -578,7 +578,7 @@ def _input_max(path: Path) -> float | None:
     from the ONNX metadata; None without it."""
     import onnx
 
-    from runtime.modelinfo import METADATA_KEY, ModelInfo
+    from flexunet.core.modelinfo import METADATA_KEY, ModelInfo
 
     try:
         props = {p.key: p.value for p in onnx.load_model(str(path), load_external_data=False).metadata_props}
@@ -747,7 +747,7 @@ def tune_int8(src: Path, dest: Path, tiles: np.ndarray, check: np.ndarray, input
     over ``max_float_share`` of the model's multiply-adds (the speed INT8 is for).  The result is
     written to ``dest`` whatever the dice; the caller judges it.
     """
-    from .onnx import agreement, onnx_predict
+    from flexunet.export.onnx import agreement, onnx_predict
 
     say = progress or (lambda line: None)
     t0 = time.perf_counter()

@@ -13,13 +13,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from export.cpu import MAX_FLOAT_SHARE
-from runtime.atomic import write_text
-from runtime.config import load_config
-from runtime.errors import FlexunetError, MissingDependencyError, ModelError, VerificationError
-from runtime.modelinfo import ModelInfo
+from flexunet.export.cpu import MAX_FLOAT_SHARE
+from flexunet.core.atomic import write_text
+from flexunet.core.config import load_config
+from flexunet.core.errors import FlexunetError, MissingDependencyError, ModelError, VerificationError
+from flexunet.core.modelinfo import ModelInfo
 
-from . import onnx as ox
+from flexunet.export import onnx as ox
 
 log = logging.getLogger("flexunet")
 INT8_MIN_DICE = 0.99
@@ -93,9 +93,10 @@ def _check_model_matches(model, info: ModelInfo, model_path: Path, cfg_path: Pat
 
 def run_export(model_path: Path, opts: ExportOptions) -> dict:
     """Export, verify and write all requested artifacts; returns the report."""
-    from train.evaluate import load_keras_model
+    from flexunet.train.evaluate import load_keras_model
 
-    from . import cpu, tiles
+    from flexunet.export import cpu
+    from flexunet.export import tiles
 
     t_start = time.perf_counter()
     model_path = Path(model_path)
@@ -103,7 +104,7 @@ def run_export(model_path: Path, opts: ExportOptions) -> dict:
     if not model_path.is_file():
         raise ModelError(f"{model_path}: no such model file")
     if opts.trt:
-        from .tensorrt import check_available
+        from flexunet.export.tensorrt import check_available
 
         reason = check_available()
         if reason:
@@ -191,7 +192,7 @@ def run_export(model_path: Path, opts: ExportOptions) -> dict:
             names.append("model.int8.onnx")
 
         if opts.trt:
-            from .tensorrt import build_engine
+            from flexunet.export.tensorrt import build_engine
 
             engine = f"model.{opts.trt}.engine"
             r = build_engine(tmp / "model.onnx", tmp / engine, precision=opts.trt,
@@ -204,7 +205,7 @@ def run_export(model_path: Path, opts: ExportOptions) -> dict:
         moved = ox.move_into_place(tmp, out, names)
 
     if opts.triton_repo is not None:
-        from .triton import write_repository
+        from flexunet.export.triton import write_repository
 
         plan = out / f"model.{opts.trt}.engine" if opts.trt else None
         repo = write_repository(opts.triton_repo, "flexunet_unet", info,

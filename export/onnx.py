@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import FlexunetError, ModelError, VerificationError
-from runtime.masks import labels_from_probabilities
-from runtime.modelinfo import ModelInfo
+from flexunet.core.errors import FlexunetError, ModelError, VerificationError
+from flexunet.core.masks import labels_from_probabilities
+from flexunet.core.modelinfo import ModelInfo
 
 DEFAULT_OPSET = 17
 FP32_MAX_ABS_DIFF = 1e-4
@@ -54,7 +54,7 @@ def convert(model, dest: Path, info: ModelInfo, opset: int = DEFAULT_OPSET) -> P
     Uses :func:`export.keras2onnx.export_keras_to_onnx` (weights bound after conversion, external
     data beside ``dest`` when the model passes 2 GB).
     """
-    from .keras2onnx import export_keras_to_onnx
+    from flexunet.export.keras2onnx import export_keras_to_onnx
 
     try:
         export_keras_to_onnx(model, str(dest), opset=opset, dynamic_batch=True,
@@ -88,7 +88,7 @@ def keras_predict(model, tiles: np.ndarray, batch_size: int = 4) -> np.ndarray:
 def onnx_predict(onnx_path: Path, tiles: np.ndarray, batch_size: int = 4) -> np.ndarray:
     """An exported artifact run the way production runs it: the runtime's ONNX Runtime backend
     (CPU), which also reads and checks its metadata."""
-    from runtime.backends.onnx import OnnxBackend
+    from flexunet.runtime.backends.onnx import OnnxBackend
 
     with OnnxBackend(onnx_path, provider="cpu") as backend:
         return predict_batches(backend.predict, tiles, batch_size)
@@ -110,7 +110,7 @@ class Agreement:
 def agreement(reference: np.ndarray, candidate: np.ndarray, threshold: float = 0.5) -> Agreement:
     """|Δp| and mask dice (pooled over the tiles; foreground, or mean over foreground classes)
     between two probability batches, with the parity maths of :mod:`runtime.parity`."""
-    from runtime import parity
+    from flexunet.runtime import parity
 
     labels = parity.num_labels(reference.shape[-1])
     masks = parity.Agreement.empty(labels)

@@ -23,11 +23,11 @@ from typing import Callable
 
 import numpy as np
 
-from runtime import parity as par
-from runtime.atomic import atomic_dir, write_text
-from runtime.config import Config, class_names, load_config
-from runtime.errors import EXIT_FAILED, EXIT_OK, FlexunetError
-from runtime.imageio import read_image, write_image
+from flexunet.runtime import parity as par
+from flexunet.core.atomic import atomic_dir, write_text
+from flexunet.core.config import Config, class_names, load_config
+from flexunet.core.errors import EXIT_FAILED, EXIT_OK, FlexunetError
+from flexunet.core.imageio import read_image, write_image
 
 CONFIG_NAME = "train_eval_infer.config"
 README_BEGIN = "<!-- flexunet project results -->"
@@ -80,7 +80,7 @@ def project_readme(config_path: Path) -> Path:
 
 def _pairs(cfg: Config):
     """Training and held-out pairs; a missing folder or file is one line naming it (exit 2)."""
-    from train.dataset import split_pairs
+    from flexunet.train.dataset import split_pairs
 
     train, test = split_pairs(cfg, "train"), split_pairs(cfg, "test")
     if not test:
@@ -117,11 +117,11 @@ class _Steps:
 def run_project(config_path: Path, data_root: Path | None = None, *, skip_train: bool = False,
                 epochs: int | None = None, say: Callable[[str], None] = print) -> tuple[dict, int]:
     """Run the chain for one config; returns results.json's content and the exit code (0 pass, 1 fail)."""
-    from runtime.segmenter import Segmenter
-    from train.evaluate import evaluate
-    from train.trainer import BEST_MODEL_FILE, train
+    from flexunet.runtime.segmenter import Segmenter
+    from flexunet.train.evaluate import evaluate
+    from flexunet.train.trainer import BEST_MODEL_FILE, train
 
-    from .exporter import ExportOptions, run_export
+    from flexunet.export.exporter import ExportOptions, run_export
 
     config_path = Path(config_path)
     cfg = load_config(config_path, data_root=data_root)
@@ -201,7 +201,7 @@ def _earlier_training(results_json: Path, weights_sha256: str) -> dict | None:
 def _throughput(models: dict[str, Path], images: list[Path], config: Path, say) -> dict:
     """Images per second end to end (decode to written mask) for each model, the seed-style loop
     timed in the same run as the FP32 ONNX model."""
-    from runtime.bench import run_bench
+    from flexunet.runtime.bench import run_bench
 
     out = {}
     for key, model in models.items():
@@ -271,7 +271,7 @@ def _results(name, cfg, config_path, data_root, started, training, ev, export_re
 
 def _comparison(cfg: Config, onnx: Path, pairs) -> np.ndarray | None:
     """input | ground truth | prediction (ONNX FP32) | differences, for the first held-out images."""
-    from runtime.segmenter import Segmenter
+    from flexunet.runtime.segmenter import Segmenter
 
     rows = []
     with Segmenter(onnx) as seg:

@@ -40,8 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.atomic import write_bytes, write_text
-from runtime.backends.tensorrt import (  # re-exported: the runtime owns these, export uses them
+from flexunet.core.atomic import write_bytes, write_text
+from flexunet.runtime.backends.tensorrt import (  # re-exported: the runtime owns these, export uses them
     SIDECAR_FORMAT,
     check_available,
     compatibility_problem,
@@ -54,8 +54,8 @@ from runtime.backends.tensorrt import (  # re-exported: the runtime owns these, 
     sidecar_path,
     trt_logger,
 )
-from runtime.errors import FlexunetError, MissingDependencyError, ModelError
-from runtime.modelinfo import ModelInfo
+from flexunet.core.errors import FlexunetError, MissingDependencyError, ModelError
+from flexunet.core.modelinfo import ModelInfo
 
 __all__ = [
     "PRECISIONS", "build_engine", "check_available", "load_engine_checked", "compatibility_problem",

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import FlexunetError, ImageReadError
-from runtime.imageio import expand_inputs, read_image
-from runtime.modelinfo import ModelInfo
-from runtime.segment import Layout
+from flexunet.core.errors import FlexunetError, ImageReadError
+from flexunet.core.imageio import expand_inputs, read_image
+from flexunet.core.modelinfo import ModelInfo
+from flexunet.runtime.segment import Layout
 
 log = logging.getLogger("flexunet")
 
@@ -118,7 +118,7 @@ def verification_tiles(cfg, info: ModelInfo, count: int = 6, seed: int = 0) -> t
                         return tiles_from_images(paths[:max(2, count)], info, count, seed), str(folder)
                     except FlexunetError:
                         continue
-    from train.synth import render_sample
+    from flexunet.train.synth import render_sample
 
     th, tw = info.tile_size
     rng = np.random.default_rng(seed)

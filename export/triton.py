@@ -11,8 +11,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from runtime.atomic import atomic_dir
-from runtime.modelinfo import ModelInfo
+from flexunet.core.atomic import atomic_dir
+from flexunet.core.modelinfo import ModelInfo
 
 
 def config_pbtxt(name: str, info: ModelInfo, platform: str, max_batch_size: int = 8,

@@ -37,10 +37,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .atomic import atomic_path, write_text
-from .backends.base import Backend, cpu_info, cpu_threads, load_backend
-from .errors import FlexunetError, ImageReadError, MissingDependencyError
-from .imageio import expand_inputs, read_image, write_image
+from flexunet.core.atomic import atomic_path, write_text
+from flexunet.runtime.backends.base import Backend, cpu_info, cpu_threads, load_backend
+from flexunet.core.errors import FlexunetError, ImageReadError, MissingDependencyError
+from flexunet.core.imageio import expand_inputs, read_image, write_image
 
 #: Libraries whose versions are recorded (those installed).
 LIBRARIES = ("flexunet", "numpy", "opencv-python-headless", "onnxruntime-gpu", "onnxruntime", "onnx",
@@ -269,7 +269,7 @@ def _keras_model(backend):
 def seed_baseline(keras_backend, paths: Sequence[Path], progress: Progress | None = None) -> dict:
     """Time the seed API's tiled loop (:func:`runtime.seedstyle.seed_style_labels`) with
     ``keras_model.predict(b, verbose=0)`` per tile, from decode to the written mask, per image."""
-    from .seedstyle import seed_style_labels
+    from flexunet.runtime.seedstyle import seed_style_labels
 
     say = progress or (lambda line: None)
     info = keras_backend.info
@@ -357,8 +357,8 @@ def run_bench(model: str | os.PathLike, images: Sequence[str | os.PathLike], *, 
     Raises:
         FlexunetError: bad options, no images, a model that cannot be loaded.
     """
-    from . import __version__
-    from .segmenter import Segmenter
+    from flexunet import __version__
+    from flexunet.runtime.segmenter import Segmenter
 
     say = progress or (lambda line: None)
     model = Path(model)

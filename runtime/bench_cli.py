@@ -8,12 +8,12 @@ from pathlib import Path
 
 import click
 
-from .backends.base import BACKENDS
-from .bench import DEFAULT_BATCH_SIZES, parse_batch_sizes, run_bench, write_reports
-from .cli import handle_errors
-from .errors import EXIT_SKIPPED
-from .infer_cli import TileSize
-from .tiling import BLEND_MODES
+from flexunet.runtime.backends.base import BACKENDS
+from flexunet.runtime.bench import DEFAULT_BATCH_SIZES, parse_batch_sizes, run_bench, write_reports
+from flexunet.cli import handle_errors
+from flexunet.core.errors import EXIT_SKIPPED
+from flexunet.runtime.infer_cli import TileSize
+from flexunet.core.tiling import BLEND_MODES
 
 EPILOG = (
     "Measures (warm-up excluded): predict latency per batch (p50/p90/p99, tiles/s) for each --batch-sizes "

@@ -12,12 +12,12 @@ from typing import TextIO
 
 import click
 
-from .backends.base import BACKENDS
-from .cli import handle_errors
-from .errors import EXIT_CODES_HELP, EXIT_SKIPPED, FlexunetError
-from .imageio import expand_inputs
-from .segmenter import FIT, ProgressEvent, RunSummary, Segmenter
-from .tiling import BLEND_MODES
+from flexunet.runtime.backends.base import BACKENDS
+from flexunet.cli import handle_errors
+from flexunet.core.errors import EXIT_CODES_HELP, EXIT_SKIPPED, FlexunetError
+from flexunet.core.imageio import expand_inputs
+from flexunet.runtime.segmenter import FIT, ProgressEvent, RunSummary, Segmenter
+from flexunet.core.tiling import BLEND_MODES
 
 
 class TileSize(click.ParamType):

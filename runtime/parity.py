@@ -35,11 +35,12 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 
-from . import masks, metrics
-from .atomic import write_text
-from .backends.base import BACKENDS
-from .errors import EXIT_FAILED, EXIT_OK, EXIT_SKIPPED, FlexunetError, ImageReadError, ModelError
-from .imageio import IMAGE_EXTENSIONS, expand_inputs, list_images, read_image, read_mask, write_image
+from flexunet.core import masks
+from flexunet.core import metrics
+from flexunet.core.atomic import write_text
+from flexunet.runtime.backends.base import BACKENDS
+from flexunet.core.errors import EXIT_FAILED, EXIT_OK, EXIT_SKIPPED, FlexunetError, ImageReadError, ModelError
+from flexunet.core.imageio import IMAGE_EXTENSIONS, expand_inputs, list_images, read_image, read_mask, write_image
 
 log = logging.getLogger("flexunet")
 
@@ -467,7 +468,7 @@ class ParityReport:
         return exit_code(self.failed, len(self.skipped))
 
     def to_dict(self) -> dict:
-        from . import __version__
+        from flexunet import __version__
 
         return {
             "tool": "flexunet parity", "flexunet_version": __version__,
@@ -560,7 +561,7 @@ def _worse(rec: dict, than: dict | None) -> bool:
 
 
 def _open(spec: ModelSpec, config, **options):
-    from .segmenter import Segmenter
+    from flexunet.runtime.segmenter import Segmenter
 
     return Segmenter(spec.path, backend=spec.backend,
                      config=config if spec.path.suffix.lower() == ".keras" else None, **options)

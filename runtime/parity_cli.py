@@ -9,10 +9,10 @@ from pathlib import Path
 
 import click
 
-from .cli import handle_errors
-from .infer_cli import TileSize
-from .parity import DEFAULT_MIN_DICE, run_parity, write_reports
-from .tiling import BLEND_MODES
+from flexunet.cli import handle_errors
+from flexunet.runtime.infer_cli import TileSize
+from flexunet.runtime.parity import DEFAULT_MIN_DICE, run_parity, write_reports
+from flexunet.core.tiling import BLEND_MODES
 
 _DEFAULTS = ", ".join(f"{k.upper()} {v}" for k, v in DEFAULT_MIN_DICE.items())
 

@@ -43,10 +43,10 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from . import tiling
-from .backends.base import Backend
-from .errors import ImageReadError, ModelError
-from .segment import Layout
+from flexunet.core import tiling
+from flexunet.runtime.backends.base import Backend
+from flexunet.core.errors import ImageReadError, ModelError
+from flexunet.runtime.segment import Layout
 
 log = logging.getLogger("flexunet")
 

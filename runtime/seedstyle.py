@@ -15,7 +15,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from .masks import labels_from_probabilities
+from flexunet.core.masks import labels_from_probabilities
 
 
 def _resize(a: np.ndarray, width: int, height: int) -> np.ndarray:

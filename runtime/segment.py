@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import tiling
+from flexunet.core import tiling
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 

@@ -1,6 +1,6 @@
 """The Python API of the runtime: :class:`Segmenter` segments one image or a folder of slides.
 
-    from runtime import Segmenter
+    from flexunet.runtime import Segmenter
 
     with Segmenter("model.onnx", tile=512, overlap=64) as seg:
         result = seg.segment(image_bgr)        # SegmentResult: probabilities, labels, mask, colorized
@@ -34,16 +34,17 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from . import masks, postprocess
-from .atomic import atomic_path, write_text
-from .backends.base import Backend, as_backend, load_backend
-from .errors import FlexunetError, ImageReadError, ModelError
-from .imageio import expand_inputs, read_image, write_image
-from .modelinfo import ModelInfo
-from .pipeline import Layout, Pipeline, SlideTask
-from .segment import predict_tiled, predict_whole
-from . import tiling
-from .tiling import BLEND_MODES
+from flexunet.core import masks
+from flexunet.runtime import postprocess
+from flexunet.core.atomic import atomic_path, write_text
+from flexunet.runtime.backends.base import Backend, as_backend, load_backend
+from flexunet.core.errors import FlexunetError, ImageReadError, ModelError
+from flexunet.core.imageio import expand_inputs, read_image, write_image
+from flexunet.core.modelinfo import ModelInfo
+from flexunet.runtime.pipeline import Layout, Pipeline, SlideTask
+from flexunet.runtime.segment import predict_tiled, predict_whole
+from flexunet.core import tiling
+from flexunet.core.tiling import BLEND_MODES
 
 log = logging.getLogger("flexunet")
 

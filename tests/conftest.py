@@ -19,9 +19,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from runtime.imageio import write_image
-from runtime.modelinfo import ModelInfo
-from runtime.preprocess import Preprocess
+from flexunet.core.imageio import write_image
+from flexunet.core.modelinfo import ModelInfo
+from flexunet.core.preprocess import Preprocess
 
 MULTICLASS_COLORS = [(0, 0, 0), (255, 0, 0), (0, 200, 0), (30, 60, 250)]
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.backends import BACKENDS, Backend, load_backend
-from runtime.backends.base import RunnerBackend, as_backend
-from runtime.backends.onnx import OnnxBackend, usable_providers
-from runtime.errors import FlexunetError, MissingDependencyError, ModelError
+from flexunet.runtime.backends import BACKENDS, Backend, load_backend
+from flexunet.runtime.backends.base import RunnerBackend, as_backend
+from flexunet.runtime.backends.onnx import OnnxBackend, usable_providers
+from flexunet.core.errors import FlexunetError, MissingDependencyError, ModelError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -111,7 +111,7 @@ def test_backend_names_and_options_are_checked(make_onnx):
 def test_tensorrt_routes_to_the_tensorrt_backend(make_onnx, tmp_path):
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"not an engine")
-    if importlib.util.find_spec("runtime.backends.tensorrt") is None:
+    if importlib.util.find_spec("flexunet.runtime.backends.tensorrt") is None:
         with pytest.raises(MissingDependencyError, match="TensorRT backend needs a GPU and the tensorrt package"):
             load_backend(engine)
     elif importlib.util.find_spec("tensorrt") is None:
@@ -145,8 +145,9 @@ def test_duck_typed_runners_are_adapted(make_onnx):
 
 
 def test_runtime_imports_do_not_import_tensorflow():
-    code = ("import sys, runtime, runtime.segmenter, runtime.infer_cli, runtime.pipeline, "
-            "runtime.postprocess, runtime.backends, runtime.backends.onnx, runtime.backends.keras; "
+    code = ("import sys, flexunet, flexunet.runtime, flexunet.runtime.segmenter, flexunet.runtime.infer_cli, "
+            "flexunet.runtime.pipeline, flexunet.runtime.postprocess, flexunet.runtime.backends, "
+            "flexunet.runtime.backends.onnx, flexunet.runtime.backends.keras; "
             "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.split() == ["False", "False"]
@@ -171,8 +172,8 @@ overlapping = 8
 @pytest.mark.slow
 def test_keras_backend_reproduces_the_model(tmp_path):
     pytest.importorskip("tensorflow")
-    from runtime.segmenter import Segmenter
-    from train.model import build_unet
+    from flexunet.runtime.segmenter import Segmenter
+    from flexunet.train.model import build_unet
 
     folder = tmp_path / "models"
     folder.mkdir()

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from runtime.bench import PeakRSS, machine, parse_batch_sizes, percentiles, write_chart
-from runtime.bench_cli import bench_cmd
-from runtime.errors import EXIT_OK, EXIT_SKIPPED, EXIT_USAGE, FlexunetError
-from runtime.imageio import read_image
+from flexunet.runtime.bench import PeakRSS, machine, parse_batch_sizes, percentiles, write_chart
+from flexunet.runtime.bench_cli import bench_cmd
+from flexunet.core.errors import EXIT_OK, EXIT_SKIPPED, EXIT_USAGE, FlexunetError
+from flexunet.core.imageio import read_image
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ["decode", "preprocess", "batch", "inference", "blend", "post", "write"]
@@ -113,7 +113,7 @@ def test_skipped_images_exit_3_and_bad_options_exit_2(make_onnx, make_images, tm
 
 
 def test_cli_modules_do_not_import_tensorflow():
-    code = ("import sys, runtime.parity_cli, runtime.bench_cli; "
+    code = ("import sys, flexunet.runtime.parity_cli, flexunet.runtime.bench_cli; "
             "print('tensorflow' in sys.modules, 'keras' in sys.modules, 'matplotlib' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.split() == ["False", "False", "False"]

@@ -1,7 +1,7 @@
 """The ``flexunet`` command never shows a traceback for bad input: one ``error: ...`` line, exit 2.
 
 Most cases run in-process through click's CliRunner (TensorFlow is imported once for the session);
-a few run ``python -m runtime.cli`` for real to check the process's exit status and its stderr.
+a few run ``python -m flexunet`` for real to check the process's exit status and its stderr.
 """
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from runtime.cli import cli
-from runtime.config import CONFIG_FILENAME
-from runtime.errors import EXIT_CODES_HELP
-from runtime.imageio import write_image
+from flexunet.cli import cli
+from flexunet.core.config import CONFIG_FILENAME
+from flexunet.core.errors import EXIT_CODES_HELP
+from flexunet.core.imageio import write_image
 
 
 
@@ -175,7 +175,7 @@ def test_summary_warns_for_broken_values_and_still_runs(tmp_path):
 
 
 def test_summary_prints_parameter_count_of_build_unet(tmp_path):
-    from train.model import build_unet
+    from flexunet.train.model import build_unet
 
     path = write_config(tmp_path, TINY_MODEL + """\
 num_classes    = 3
@@ -262,7 +262,7 @@ def test_evaluate_corrupt_model(tiny_project, tmp_path, make):
 
 
 def test_evaluate_model_of_other_input_size(tiny_project, tmp_path):
-    from train.model import build_unet
+    from flexunet.train.model import build_unet
 
     model = tmp_path / "small.keras"
     build_unet(32, 32, 3, num_layers=3, base_filters=2).save(model)
@@ -294,12 +294,12 @@ def _python(args: list[str], cwd: Path, timeout: float = 120) -> subprocess.Comp
 
 
 def test_importing_the_cli_does_not_import_tensorflow(tmp_path):
-    proc = _python(["-c", "import sys, runtime, runtime.cli, train.cli; print('tensorflow' in sys.modules)"],
+    proc = _python(["-c", "import sys, flexunet, flexunet.cli, flexunet.train.cli; print('tensorflow' in sys.modules)"],
                    tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False", (proc.stdout, proc.stderr)
 
-    proc = _python(["-c", "import sys\nfrom click.testing import CliRunner\nfrom runtime.cli import cli\n"
+    proc = _python(["-c", "import sys\nfrom click.testing import CliRunner\nfrom flexunet.cli import cli\n"
                           "r = CliRunner().invoke(cli, ['--help'])\n"
                           "print(r.exit_code, 'tensorflow' in sys.modules)"], tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -321,7 +321,7 @@ def _process_cases(tmp_path: Path):
 @pytest.mark.parametrize("case", ["summary-missing-config", "summary-bad-value", "train-missing-data-root"])
 def test_process_exit_status_and_single_error_line(tmp_path, case):
     args, fragments = _process_cases(tmp_path)[case]
-    proc = _python(["-m", "runtime.cli", *args], tmp_path)
+    proc = _python(["-m", "flexunet", *args], tmp_path)
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
     lines = proc.stderr.splitlines()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.config import (
+from flexunet.core.config import (
     CONFIG_FILENAME,
     Config,
     ConfigError as ConfigErrorReexport,
@@ -23,7 +23,7 @@ from runtime.config import (
     load_config,
     reroot,
 )
-from runtime.errors import EXIT_USAGE, ConfigError, FlexunetError
+from flexunet.core.errors import EXIT_USAGE, ConfigError, FlexunetError
 
 LOGGER = "flexunet"
 

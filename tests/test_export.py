@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from runtime.cli import cli
-from runtime.config import load_config
-from runtime.errors import VerificationError
-from train.synth import CLASS_COLORS_RGB, make_dataset
+from flexunet.cli import cli
+from flexunet.core.config import load_config
+from flexunet.core.errors import VerificationError
+from flexunet.train.synth import CLASS_COLORS_RGB, make_dataset
 
 CONFIG = """
 [model]
@@ -66,7 +66,7 @@ def _project(root: Path, kind: str) -> Path:
     else:
         text = CONFIG.format(classes=1, loss="bce_dice_loss", metric="dice_coef", extra="")
     (root / "train_eval_infer.config").write_text(text)
-    from train.trainer import train
+    from flexunet.train.trainer import train
 
     return train(load_config(root / "train_eval_infer.config")).model_path
 
@@ -88,7 +88,7 @@ def export(*args):
 def test_binary_export_verified_with_metadata(binary_model, tmp_path):
     import onnx
 
-    from export.onnx import read_info
+    from flexunet.export.onnx import read_info
 
     out = tmp_path / "out"
     r = export(binary_model, "-o", out, "--optimize", "--triton-repo", tmp_path / "triton")
@@ -124,7 +124,7 @@ def test_binary_export_verified_with_metadata(binary_model, tmp_path):
 def test_multiclass_export_and_dynamic_size(multiclass_model, tmp_path):
     import onnxruntime as ort
 
-    from export.onnx import read_info
+    from flexunet.export.onnx import read_info
 
     out = tmp_path / "out"
     r = export(multiclass_model, "-o", out, "--dynamic-size")
@@ -143,7 +143,7 @@ def test_verification_catches_a_damaged_weight(binary_model, tmp_path, monkeypat
     import onnx
     from onnx import numpy_helper
 
-    from export import onnx as ox
+    from flexunet.export import onnx as ox
 
     original = ox.convert
 
@@ -179,7 +179,7 @@ def test_int8_export_reports_dice_and_refuses_below_limit(binary_model, tmp_path
     missed = a["tuning"]["dice"] < a["tuning"]["target_dice"]
     assert ("warning: model.int8.onnx: the INT8 search reached" in r.stderr) == missed, r.stderr
     assert "vs_fp32" in a and a["bytes"] < json.loads((out / "export_report.json").read_text())["artifacts"]["model.onnx"]["bytes"]
-    from export.onnx import read_info
+    from flexunet.export.onnx import read_info
 
     assert read_info(out / "model.int8.onnx").precision == "int8"
     # the INT8 model is a QDQ graph
@@ -197,7 +197,7 @@ def test_int8_export_reports_dice_and_refuses_below_limit(binary_model, tmp_path
 
 
 def test_int8_shortfall_line_only_below_the_target():
-    from export.cli import int8_shortfall
+    from flexunet.export.cli import int8_shortfall
 
     tuning = {"dice": 0.9445, "target_dice": 0.99, "check_tiles": 16, "max_float_share": 0.1}
     line = int8_shortfall("model.int8.onnx", tuning)
@@ -210,9 +210,9 @@ def test_int8_shortfall_line_only_below_the_target():
 def test_int8_mixed_precision_search_keeps_sensitive_convolutions_in_fp32(binary_model, tmp_path):
     import onnx
 
-    from export import cpu
-    from export.onnx import agreement, onnx_predict, read_info
-    from export.tiles import calibration_tiles, hold_out
+    from flexunet.export import cpu
+    from flexunet.export.onnx import agreement, onnx_predict, read_info
+    from flexunet.export.tiles import calibration_tiles, hold_out
 
     out = tmp_path / "out"
     assert export(binary_model, "-o", out).exit_code == 0
@@ -301,7 +301,7 @@ def test_output_path_that_is_a_file(binary_model, tmp_path):
 
 
 def test_trt_without_gpu_says_why(binary_model, tmp_path):
-    from export.tensorrt import check_available
+    from flexunet.export.tensorrt import check_available
 
     reason = check_available()
     if reason is None:
@@ -317,8 +317,8 @@ def test_verification_error_is_exit_code_1():
 
 
 def test_int8_weight_bits_follow_the_cpu(monkeypatch):
-    from export import cpu
-    from runtime.errors import FlexunetError
+    from flexunet.export import cpu
+    from flexunet.core.errors import FlexunetError
 
     monkeypatch.setattr(cpu, "cpu_has_vnni", lambda: True)
     assert cpu.int8_weight_bits("auto") == 8
@@ -330,7 +330,7 @@ def test_int8_weight_bits_follow_the_cpu(monkeypatch):
 
 
 def test_calibration_views_make_up_a_short_tile_count():
-    from export.tiles import hold_out, with_symmetries
+    from flexunet.export.tiles import hold_out, with_symmetries
 
     tiles = np.random.default_rng(0).random((2, 4, 4, 3)).astype(np.float32)
     six = with_symmetries(tiles, 6)
@@ -351,7 +351,7 @@ def test_pointwise_convolution_as_matmul_is_exact():
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from export.cpu import _pointwise_as_matmul
+    from flexunet.export.cpu import _pointwise_as_matmul
 
     rng = np.random.default_rng(3)
     w = numpy_helper.from_array(rng.standard_normal((2, 5, 1, 1)).astype(np.float32), "w")
@@ -410,7 +410,7 @@ def test_input_scaling_as_channel_padding_matmul_is_exact():
     import onnx
     from onnx import numpy_helper
 
-    from export.cpu import _input_as_matmul, _output_convs
+    from flexunet.export.cpu import _input_as_matmul, _output_convs
 
     x = np.random.default_rng(5).integers(0, 256, (2, 8, 8, 3)).astype(np.float32)
     model = _first_layers_model()
@@ -437,11 +437,11 @@ def test_int8_first_layer_is_quantised_on_the_input_grid_with_corrected_bias(tmp
     import onnx
     from onnx import numpy_helper
 
-    from export import cpu
+    from flexunet.export import cpu
 
     src = tmp_path / "model.onnx"
     model = _first_layers_model()
-    from runtime.modelinfo import METADATA_KEY, ModelInfo
+    from flexunet.core.modelinfo import METADATA_KEY, ModelInfo
 
     info = ModelInfo(height=8, width=8, channels=3, num_classes=1, input_name="x", output_name="y")
     model.metadata_props.add(key=METADATA_KEY, value=info.to_json())

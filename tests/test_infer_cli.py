@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from runtime.cli import cli
-from runtime.errors import EXIT_CODES_HELP, EXIT_OK, EXIT_SKIPPED, EXIT_USAGE
+from flexunet.cli import cli
+from flexunet.core.errors import EXIT_CODES_HELP, EXIT_OK, EXIT_SKIPPED, EXIT_USAGE
 
 
 

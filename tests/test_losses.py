@@ -8,7 +8,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from train import losses  # noqa: E402
+from flexunet.train import losses  # noqa: E402
 
 EPS = 1e-7
 RTOL = 1e-5

@@ -8,7 +8,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from train.model import build_unet, count_parameters, required_multiple  # noqa: E402
+from flexunet.train.model import build_unet, count_parameters, required_multiple  # noqa: E402
 
 
 def expected_params(channels, num_classes, base_filters, kernel, num_layers, normalization):

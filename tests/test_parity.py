@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from runtime import metrics
-from runtime.errors import EXIT_FAILED, EXIT_OK, EXIT_SKIPPED, EXIT_USAGE, FlexunetError
-from runtime.imageio import read_image, write_image
-from runtime.masks import colorize
-from runtime.parity import (DEFAULT_MIN_DICE, DIFF_COLORS, FIGURE_WIDTH, Agreement, ModelSpec, Overlap, ProbDiff,
+from flexunet.core import metrics
+from flexunet.core.errors import EXIT_FAILED, EXIT_OK, EXIT_SKIPPED, EXIT_USAGE, FlexunetError
+from flexunet.core.imageio import read_image, write_image
+from flexunet.core.masks import colorize
+from flexunet.runtime.parity import (DEFAULT_MIN_DICE, DIFF_COLORS, FIGURE_WIDTH, Agreement, ModelSpec, Overlap, ProbDiff,
                             Tolerance, difference_map, exit_code, figure_row, figure_size, mask_scores,
                             parse_min_dice)
-from runtime.parity_cli import parity_cmd
-from runtime.segmenter import Segmenter
+from flexunet.runtime.parity_cli import parity_cmd
+from flexunet.runtime.segmenter import Segmenter
 
 
 # -- the maths -----------------------------------------------------------------------------------------
@@ -314,10 +314,10 @@ def test_bad_inputs_are_one_line_errors(make_onnx, images, tmp_path):
 
 def test_commands_resolve_through_the_lazy_group():
     """The two entries runtime/cli.py's COMMANDS needs ("parity", "bench") resolve and show help."""
-    from runtime.cli import LazyGroup
+    from flexunet.cli import LazyGroup
 
-    group = LazyGroup("flexunet", lazy={"parity": "runtime.parity_cli:parity_cmd",
-                                        "bench": "runtime.bench_cli:bench_cmd"})
+    group = LazyGroup("flexunet", lazy={"parity": "flexunet.runtime.parity_cli:parity_cmd",
+                                        "bench": "flexunet.runtime.bench_cli:bench_cmd"})
     for name in ("parity", "bench"):
         result = CliRunner().invoke(group, [name, "--help"])
         assert result.exit_code == 0 and "Exit codes" in result.output, result.output

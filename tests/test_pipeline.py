@@ -14,13 +14,13 @@ import cv2
 import numpy as np
 import pytest
 
-import runtime.segmenter as segmenter_module
-from runtime import tiling
-from runtime.backends import Backend, load_backend
-from runtime.errors import FlexunetError
-from runtime.imageio import write_image
-from runtime.postprocess import fill_holes, remove_small_objects
-from runtime.segmenter import RECORD_DIR, Segmenter, output_names
+import flexunet.runtime.segmenter as segmenter_module
+from flexunet.core import tiling
+from flexunet.runtime.backends import Backend, load_backend
+from flexunet.core.errors import FlexunetError
+from flexunet.core.imageio import write_image
+from flexunet.runtime.postprocess import fill_holes, remove_small_objects
+from flexunet.runtime.segmenter import RECORD_DIR, Segmenter, output_names
 
 SIZES = [(10, 7), (300, 250), (64, 64), (65, 63), (120, 200), (33, 180), (200, 31), (128, 128),
          (97, 101), (1, 1), (150, 90), (70, 260)]

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from export.project import (README_BEGIN, README_END, SUMMARY_BEGIN, SUMMARY_END, project_name, resolve_config,
+from flexunet.export.project import (README_BEGIN, README_END, SUMMARY_BEGIN, SUMMARY_END, project_name, resolve_config,
                             summary_table)
-from runtime.cli import cli
-from runtime.imageio import read_image
-from train.synth import make_dataset
+from flexunet.cli import cli
+from flexunet.core.imageio import read_image
+from flexunet.train.synth import make_dataset
 
 pytestmark = pytest.mark.usefixtures("isolate_cli")
 
@@ -131,8 +131,8 @@ def test_project_runs_the_whole_chain(tmp_path, data_root, monkeypatch):
     assert json.loads((base / "results" / "results.json").read_text())["training"] is None
 
     # a run that fails part-way leaves the earlier results as they were
-    import export.project as project_module
-    from runtime.errors import FlexunetError
+    import flexunet.export.project as project_module
+    from flexunet.core.errors import FlexunetError
 
     before = {p.name: p.read_bytes() for p in (base / "results").iterdir()}
     readme_before = (project / "README.md").read_text()
@@ -148,7 +148,7 @@ def test_project_runs_the_whole_chain(tmp_path, data_root, monkeypatch):
 
 
 def test_parity_failures_name_each_failing_model():
-    from export.project import parity_failures
+    from flexunet.export.project import parity_failures
 
     results = {"config": "/p/Lizard/reduced/train_eval_infer.config", "parity": {"candidates": {
         "model.onnx": {"precision": "fp32", "dice_vs_keras": 1.0, "min_dice": 0.999, "verdict": "pass"},

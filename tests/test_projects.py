@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.config import load_config
+from flexunet.core.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 PROJECTS = REPO / "projects"
@@ -38,7 +38,7 @@ def test_seed_settings_kept(name):
 def test_real_splits_are_held_out(name, variant):
     if not DATA.is_dir():
         pytest.skip(f"{DATA} is absent: the real sample data sits beside the repository as ../shared/data")
-    from train.dataset import split_pairs
+    from flexunet.train.dataset import split_pairs
 
     cfg = load_config(PROJECTS / name / variant / "train_eval_infer.config", data_root=DATA)
     train, valid, test = (split_pairs(cfg, s) for s in ("train", "eval", "test"))
@@ -50,7 +50,7 @@ def test_real_splits_are_held_out(name, variant):
 def test_multiple_myeloma_slides_become_model_tiles():
     if not DATA.is_dir():
         pytest.skip(f"{DATA} is absent: the real sample data sits beside the repository as ../shared/data")
-    from train.dataset import SampleMaker, split_pairs
+    from flexunet.train.dataset import SampleMaker, split_pairs
 
     cfg = load_config(PROJECTS / "Tiled-MultipleMyeloma" / "reduced" / "train_eval_infer.config", data_root=DATA)
     maker = SampleMaker(cfg)

@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime.errors import FlexunetError
-from runtime.imageio import read_image, read_mask
-from train import synth
-from train.synth import CLASS_COLORS_RGB, CLASS_NAMES, KINDS, make_dataset, render_sample
+from flexunet.core.errors import FlexunetError
+from flexunet.core.imageio import read_image, read_mask
+from flexunet.train import synth
+from flexunet.train.synth import CLASS_COLORS_RGB, CLASS_NAMES, KINDS, make_dataset, render_sample
 
 
 def _render(seed: int, kind: str = "tiles", h: int = 128, w: int = 128):

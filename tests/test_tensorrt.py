@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.tensorrt import (
+from flexunet.export.tensorrt import (
     build_engine,
     calibration_batch_size,
     calibration_batches,
@@ -33,10 +33,10 @@ from export.tensorrt import (
     sidecar_path,
     validate_settings,
 )
-from runtime.backends.tensorrt import TensorRTBackend, model_info_from_sidecar, sha256_bytes
-from runtime.errors import EXIT_USAGE, FlexunetError, MissingDependencyError, ModelError
-from runtime.metrics import dice
-from runtime.modelinfo import ModelInfo
+from flexunet.runtime.backends.tensorrt import TensorRTBackend, model_info_from_sidecar, sha256_bytes
+from flexunet.core.errors import EXIT_USAGE, FlexunetError, MissingDependencyError, ModelError
+from flexunet.core.metrics import dice
+from flexunet.core.modelinfo import ModelInfo
 
 REPO = Path(__file__).resolve().parents[1]
 TILE = 32
@@ -125,7 +125,7 @@ def fake_engine(folder: Path, platform: dict | None = None, data: bytes = b"not 
 # everywhere: import hygiene and a one-line reason without TensorRT / GPU
 # ------------------------------------------------------------------------------------------------
 def test_imports_load_neither_tensorrt_nor_cuda_nor_tensorflow():
-    code = ("import sys, runtime.backends.tensorrt, export.tensorrt; "
+    code = ("import sys, flexunet.runtime.backends.tensorrt, flexunet.export.tensorrt; "
             "print(','.join(m for m in ('tensorrt', 'cuda', 'tensorflow', 'keras') if m in sys.modules))")
     env = dict(os.environ, PYTHONPATH=str(REPO))
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
@@ -183,7 +183,7 @@ def test_backend_without_tensorrt_says_why(tmp_path):
 
 
 def test_load_backend_routes_engines_to_this_backend(tmp_path):
-    from runtime.backends import Backend, load_backend
+    from flexunet.runtime.backends import Backend, load_backend
 
     assert issubclass(TensorRTBackend, Backend) and TensorRTBackend.name == "tensorrt"
     reason = check_available()
@@ -389,7 +389,7 @@ def test_fp32_engine_matches_onnxruntime(tmp_path, trt_ready):
 
     x = tiles(7)  # 4 + 3: two chunks through both buffer slots
     expected = ort_predict(onnx_path, x)
-    from runtime.backends import load_backend
+    from flexunet.runtime.backends import load_backend
 
     with load_backend(engine) as backend:  # .engine files go to this backend
         assert isinstance(backend, TensorRTBackend) and backend.accepts(TILE, TILE)

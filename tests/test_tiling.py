@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime import tiling
-from runtime.tiling import (
+from flexunet.core import tiling
+from flexunet.core.tiling import (
     Stitcher,
     TileGrid,
     blend_window,

@@ -9,12 +9,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np
 import pytest
 
-from runtime.config import load_config
-from runtime.errors import ConfigError
-from runtime.imageio import write_image
-from runtime.metrics import dice
-from train import dataset as ds
-from train.synth import CLASS_COLORS_RGB, make_dataset
+from flexunet.core.config import load_config
+from flexunet.core.errors import ConfigError
+from flexunet.core.imageio import write_image
+from flexunet.core.metrics import dice
+from flexunet.train import dataset as ds
+from flexunet.train.synth import CLASS_COLORS_RGB, make_dataset
 
 TINY = """
 [model]
@@ -162,8 +162,8 @@ def test_resize_mode_keeps_labels_binary(tmp_path):
 
 @pytest.mark.slow
 def test_short_training_beats_chance_and_writes_outputs(tiles):
-    from train.evaluate import evaluate
-    from train.trainer import train
+    from flexunet.train.evaluate import evaluate
+    from flexunet.train.trainer import train
 
     cfg = load_config(write_config(tiles, generator=True, epochs=8))
     result = train(cfg)
@@ -197,7 +197,7 @@ def test_short_training_beats_chance_and_writes_outputs(tiles):
 def test_ctrl_c_keeps_best_model(tiles, tmp_path, monkeypatch):
     import keras
 
-    from train import trainer
+    from flexunet.train import trainer
 
     folder = tmp_path / "run"
     folder.mkdir()
@@ -224,7 +224,7 @@ def test_ctrl_c_keeps_best_model(tiles, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_time_budget_stops_training_and_keeps_the_best_model(tiles, tmp_path, monkeypatch):
-    from train import trainer
+    from flexunet.train import trainer
 
     folder = tmp_path / "run"
     folder.mkdir()

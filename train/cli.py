@@ -9,9 +9,9 @@ from pathlib import Path
 
 import click
 
-from runtime.cli import handle_errors, import_tensorflow_quietly
-from runtime.config import load_config
-from runtime.errors import EXIT_INTERRUPTED
+from flexunet.cli import handle_errors, import_tensorflow_quietly
+from flexunet.core.config import load_config
+from flexunet.core.errors import EXIT_INTERRUPTED
 
 CONFIG_ARG = click.argument("config", type=click.Path(path_type=Path))
 DATA_ROOT_OPT = click.option(
@@ -45,7 +45,7 @@ def _progress_printer(label: str):
 @handle_errors
 def synth_cmd(out, kind, n_train, n_valid, n_test, size, seed):
     """Make synthetic stained-cell images with exact masks under OUT/{train,valid,test,mini_test}."""
-    from .synth import make_dataset
+    from flexunet.train.synth import make_dataset
 
     counts = {k: v for k, v in (("n_train", n_train), ("n_valid", n_valid), ("n_test", n_test)) if v}
     summary = make_dataset(out, kind=kind, size=size, seed=seed, progress=_progress_printer("synth"),
@@ -61,7 +61,7 @@ def summary_cmd(config):
     """Print the UNet a CONFIG describes (layer table) and its parameter count."""
     cfg = load_config(config)
     import_tensorflow_quietly()
-    from .trainer import build_model
+    from flexunet.train.trainer import build_model
 
     model = build_model(cfg)
     model.summary(print_fn=lambda line, **_: click.echo(line), line_length=110)
@@ -81,7 +81,7 @@ def train_cmd(config, data_root, epochs):
     """
     cfg = load_config(config, data_root=data_root)
     import_tensorflow_quietly()
-    from .trainer import train
+    from flexunet.train.trainer import train
 
     result = train(cfg, epochs=epochs)
     click.echo(f"best model: {result.model_path} (epoch {result.best_epoch}, val_loss "
@@ -101,7 +101,7 @@ def evaluate_cmd(config, data_root, model_path):
     """Evaluate the trained model on CONFIG's [test] split; writes evaluation.csv beside CONFIG."""
     cfg = load_config(config, data_root=data_root)
     import_tensorflow_quietly()
-    from .evaluate import evaluate
+    from flexunet.train.evaluate import evaluate
 
     ev = evaluate(cfg, model_path)
     width = max(len(k) for k in ev.metrics)
@@ -109,7 +109,7 @@ def evaluate_cmd(config, data_root, model_path):
     for k, v in ev.metrics.items():
         click.echo(f"  {k:<{width}}  {v:.4f}")
     if ev.per_class is not None:
-        from runtime.config import class_names
+        from flexunet.core.config import class_names
 
         for name, v in zip(class_names(cfg), ev.per_class):
             click.echo(f"  dice {name:<{width - 5}}  {v:.4f}")

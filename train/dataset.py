@@ -20,12 +20,12 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from runtime import tiling
-from runtime.config import Config, SplitConfig
-from runtime.errors import ConfigError
-from runtime.imageio import IMAGE_EXTENSIONS, list_images, read_image, read_mask
-from runtime.masks import binary_labels, class_labels, one_hot
-from runtime.preprocess import INTERPOLATION_FLAGS, Preprocess
+from flexunet.core import tiling
+from flexunet.core.config import Config, SplitConfig
+from flexunet.core.errors import ConfigError
+from flexunet.core.imageio import IMAGE_EXTENSIONS, list_images, read_image, read_mask
+from flexunet.core.masks import binary_labels, class_labels, one_hot
+from flexunet.core.preprocess import INTERPOLATION_FLAGS, Preprocess
 
 CACHE_LIMIT_BYTES = int(os.environ.get("FLEXUNET_CACHE_LIMIT_MB", "1536")) * 1024 * 1024
 

@@ -12,21 +12,21 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.atomic import write_text
-from runtime.config import Config
-from runtime.errors import ModelError
-from runtime.masks import labels_from_probabilities
-from runtime.metrics import dice, per_class_dice
+from flexunet.core.atomic import write_text
+from flexunet.core.config import Config
+from flexunet.core.errors import ModelError
+from flexunet.core.masks import labels_from_probabilities
+from flexunet.core.metrics import dice, per_class_dice
 
-from . import dataset as ds
-from .trainer import BEST_MODEL_FILE
+from flexunet.train import dataset as ds
+from flexunet.train.trainer import BEST_MODEL_FILE
 
 
 def load_keras_model(path: Path):
     """Load a .keras model; a missing or unreadable file is a one-line ModelError."""
     import keras
 
-    from . import losses  # noqa: F401  (registers the custom losses/metrics)
+    from flexunet.train import losses  # noqa: F401  (registers the custom losses/metrics)
 
     path = Path(path)
     if not path.is_file():

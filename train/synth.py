@@ -32,8 +32,8 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from runtime.errors import FlexunetError
-from runtime.imageio import write_image
+from flexunet.core.errors import FlexunetError
+from flexunet.core.imageio import write_image
 
 KINDS = ("tiles", "slides", "multiclass")
 

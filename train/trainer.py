@@ -24,15 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.atomic import atomic_path, write_text
-from runtime.config import Config, class_colors
-from runtime.errors import ConfigError, EXIT_INTERRUPTED, FlexunetError
-from runtime.imageio import list_images, read_image, write_image
-from runtime.masks import colorize, labels_from_probabilities
-from runtime.preprocess import Preprocess
-from runtime.segment import predict_tiled
+from flexunet.core.atomic import atomic_path, write_text
+from flexunet.core.config import Config, class_colors
+from flexunet.core.errors import ConfigError, EXIT_INTERRUPTED, FlexunetError
+from flexunet.core.imageio import list_images, read_image, write_image
+from flexunet.core.masks import colorize, labels_from_probabilities
+from flexunet.core.preprocess import Preprocess
+from flexunet.runtime.segment import predict_tiled
 
-from . import dataset as ds
+from flexunet.train import dataset as ds
 
 log = logging.getLogger("flexunet")
 
@@ -48,7 +48,7 @@ def set_seed(seed: int) -> None:
 
 def build_model(cfg: Config, height: int | None = None, width: int | None = None):
     """The UNet a config describes (``height``/``width`` override the input size, None = any)."""
-    from .model import build_unet
+    from flexunet.train.model import build_unet
 
     m = cfg.model
     try:
@@ -68,7 +68,7 @@ def build_model(cfg: Config, height: int | None = None, width: int | None = None
 def compile_model(cfg: Config, model) -> None:
     import keras
 
-    from .losses import get_loss, get_metrics
+    from flexunet.train.losses import get_loss, get_metrics
 
     try:
         loss = get_loss(cfg.model.loss)

@@ -2,6 +2,6 @@
 
 Importing this package loads no inference library; :func:`load_backend` imports the one asked for.
 """
-from .base import BACKENDS, Backend, load_backend
+from flexunet.runtime.backends.base import BACKENDS, Backend, load_backend
 
 __all__ = ["BACKENDS", "Backend", "load_backend"]

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import FlexunetError, MissingDependencyError, ModelError
-from ..modelinfo import ModelInfo
+from flexunet.core.errors import FlexunetError, MissingDependencyError, ModelError
+from flexunet.core.modelinfo import ModelInfo
 
 #: ``--backend`` choices.  ``onnxruntime`` takes the fastest usable execution provider
 #: (TensorRT > CUDA > CPU); the suffixed names ask for one provider explicitly.
@@ -189,7 +189,7 @@ def load_backend(model_path: str | os.PathLike, backend: str = "auto", threads: 
     if kind == "keras":
         if suffix != ".keras":
             raise ModelError(f"{path}: the keras backend loads .keras models only")
-        from . import keras as keras_backend
+        from flexunet.runtime.backends import keras as keras_backend
 
         return keras_backend.load(path, config=config)
     if kind == "tensorrt":
@@ -197,7 +197,7 @@ def load_backend(model_path: str | os.PathLike, backend: str = "auto", threads: 
     if suffix != ".onnx":
         hint = "export it to ONNX" if suffix == ".keras" else "use --backend tensorrt"
         raise ModelError(f"{path}: {kind} runs .onnx models; {hint}")
-    from . import onnx as onnx_backend
+    from flexunet.runtime.backends import onnx as onnx_backend
 
     return onnx_backend.load(path, provider=kind.partition("-")[2] or None, threads=threads)
 

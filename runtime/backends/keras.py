@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import CONFIG_FILENAME, load_config
-from ..errors import MissingDependencyError, ModelError
-from ..modelinfo import ModelInfo
-from .base import Backend, check_channels, first_line
+from flexunet.core.config import CONFIG_FILENAME, load_config
+from flexunet.core.errors import MissingDependencyError, ModelError
+from flexunet.core.modelinfo import ModelInfo
+from flexunet.runtime.backends.base import Backend, check_channels, first_line
 
 
 class KerasBackend(Backend):
@@ -62,7 +62,7 @@ class KerasBackend(Backend):
 def _import_keras():
     """keras, with TensorFlow's start-up logging hidden and the project's custom objects
     (losses and metrics) registered when the training package is installed."""
-    from ..cli import import_tensorflow_quietly
+    from flexunet.cli import import_tensorflow_quietly
 
     try:
         import_tensorflow_quietly()
@@ -71,7 +71,7 @@ def _import_keras():
         raise MissingDependencyError(f"the keras backend needs TensorFlow ({exc}); install it with "
                                      "pip install 'flexunet[train]', or export the model to ONNX") from None
     try:
-        importlib.import_module("train.losses")
+        importlib.import_module("flexunet.train.losses")
     except ModuleNotFoundError:
         pass  # a runtime-only installation: nothing custom is needed with compile=False
     return keras

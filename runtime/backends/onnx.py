@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import MissingDependencyError, ModelError
-from ..modelinfo import ModelInfo
-from .base import Backend, check_channels, cpu_threads, first_line
+from flexunet.core.errors import MissingDependencyError, ModelError
+from flexunet.core.modelinfo import ModelInfo
+from flexunet.runtime.backends.base import Backend, check_channels, cpu_threads, first_line
 
 #: Execution providers by the short name ``--backend onnxruntime-<name>`` uses, fastest first.
 PROVIDERS = {

@@ -33,9 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import FlexunetError, MissingDependencyError, ModelError
-from ..modelinfo import ModelInfo
-from .base import Backend
+from flexunet.core.errors import FlexunetError, MissingDependencyError, ModelError
+from flexunet.core.modelinfo import ModelInfo
+from flexunet.runtime.backends.base import Backend
 
 log = logging.getLogger("flexunet.tensorrt")
 

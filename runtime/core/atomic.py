@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from .errors import FlexunetError
+from flexunet.core.errors import FlexunetError
 
 
 def _umask() -> int:

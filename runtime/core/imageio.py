@@ -13,8 +13,8 @@ from typing import Iterable
 import cv2
 import numpy as np
 
-from .atomic import write_bytes
-from .errors import FlexunetError, ImageReadError
+from flexunet.core.atomic import write_bytes
+from flexunet.core.errors import FlexunetError, ImageReadError
 
 # Decoder warnings (e.g. "PNG input buffer is incomplete") would reach the user's terminal beside
 # our own one-line report of the same file; keep OpenCV's log to errors.

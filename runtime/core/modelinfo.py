@@ -11,8 +11,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import ModelError
-from .preprocess import Preprocess
+from flexunet.core.errors import ModelError
+from flexunet.core.preprocess import Preprocess
 
 METADATA_KEY = "flexunet.info"
 SCHEMA_VERSION = 1
@@ -92,7 +92,7 @@ class ModelInfo:
 
     @classmethod
     def from_config(cls, cfg, dynamic_size: bool = False) -> "ModelInfo":
-        from .config import class_colors, class_names
+        from flexunet.core.config import class_colors, class_names
 
         m = cfg.model
         try:

@@ -14,19 +14,19 @@ import sys
 
 import click
 
-from .errors import EXIT_CODES_HELP, EXIT_INTERRUPTED, EXIT_USAGE, FlexunetError
+from flexunet.core.errors import EXIT_CODES_HELP, EXIT_INTERRUPTED, EXIT_USAGE, FlexunetError
 
 # name -> "module:attribute" of the click command
 COMMANDS = {
-    "synth": "train.cli:synth_cmd",
-    "summary": "train.cli:summary_cmd",
-    "train": "train.cli:train_cmd",
-    "evaluate": "train.cli:evaluate_cmd",
-    "export": "export.cli:export_cmd",
-    "project": "export.cli:project_cmd",
-    "infer": "runtime.infer_cli:infer_cmd",
-    "parity": "runtime.parity_cli:parity_cmd",
-    "bench": "runtime.bench_cli:bench_cmd",
+    "synth": "flexunet.train.cli:synth_cmd",
+    "summary": "flexunet.train.cli:summary_cmd",
+    "train": "flexunet.train.cli:train_cmd",
+    "evaluate": "flexunet.train.cli:evaluate_cmd",
+    "export": "flexunet.export.cli:export_cmd",
+    "project": "flexunet.export.cli:project_cmd",
+    "infer": "flexunet.runtime.infer_cli:infer_cmd",
+    "parity": "flexunet.runtime.parity_cli:parity_cmd",
+    "bench": "flexunet.runtime.bench_cli:bench_cmd",
 }
 
 

@@ -28,7 +28,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
-from .errors import ConfigError
+from flexunet.core.errors import ConfigError
 
 log = logging.getLogger("flexunet")
 

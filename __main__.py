@@ -1,0 +1,3 @@
+from flexunet.cli import main
+
+main()
