@@ -47,6 +47,7 @@ def main(argv=None):
     from flexunet.cli import import_tensorflow_quietly
 
     import_tensorflow_quietly()
+    from flexunet.core.compare import compare
     from flexunet.export import onnx as ox
     from flexunet.export.exporter import ExportOptions, find_config, run_export
     from flexunet.export.tiles import tiles_from_images
@@ -75,7 +76,7 @@ def main(argv=None):
         int8 = OnnxBackend(out / "model.int8.onnx", provider="cpu", threads=args.threads, spinning=False)
         p32 = ox.predict_batches(fp32.predict, tiles)
         p8 = ox.predict_batches(int8.predict, tiles)
-        agree = ox.agreement(p32, p8, info.threshold)
+        agree = compare(p32, p8, info.threshold)
         variants = {}
         if args.variant:
             from flexunet.export import cpu
@@ -88,7 +89,7 @@ def main(argv=None):
                 path = out / f"model.{vname}.onnx"
                 cpu.quantize_int8(out / "model.onnx", path, calib, info.input_name, **{"weight_bits": bits, **kw})
                 backend = OnnxBackend(path, provider="cpu", threads=args.threads, spinning=False)
-                va = ox.agreement(p32, ox.predict_batches(backend.predict, tiles), info.threshold)
+                va = compare(p32, ox.predict_batches(backend.predict, tiles), info.threshold)
                 variants[vname] = {"options": kw, "backend": backend, "vs_fp32": va.to_dict()}
         rows = []
         for bs in [int(b) for b in args.batch_sizes.split(",")]:

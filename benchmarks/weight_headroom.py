@@ -117,7 +117,8 @@ def measure(model_path: Path, args) -> dict:
     import onnx
 
     from flexunet.export.cpu import int8_rounded
-    from flexunet.export.onnx import agreement, onnx_predict, read_info
+    from flexunet.core.compare import compare
+    from flexunet.export.onnx import onnx_predict, read_info
     from flexunet.export.tiles import tiles_from_images
     from flexunet.core.config import load_config
     from flexunet.core.imageio import list_images
@@ -146,7 +147,7 @@ def measure(model_path: Path, args) -> dict:
     rows: list[dict] = []
 
     def score(what: str, candidate: Path, layer: str | None = None) -> None:
-        a = agreement(reference, onnx_predict(candidate, tiles), info.threshold)
+        a = compare(reference, onnx_predict(candidate, tiles), info.threshold)
         rows.append({"variant": what, "layer": layer, "dice": round(a.dice, 6),
                      "max_abs_diff": round(a.max_abs_diff, 6)})
         print(f"{name}: {what:28s} {layer or '':30s} dice {a.dice:.4f}  max |dp| {a.max_abs_diff:.3g}",

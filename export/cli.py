@@ -7,6 +7,7 @@ import click
 
 from flexunet.export.cpu import MAX_FLOAT_SHARE
 from flexunet.cli import handle_errors, import_tensorflow_quietly
+from flexunet.core.compare import TOLERANCES
 from flexunet.core.errors import EXIT_CODES_HELP
 
 
@@ -26,9 +27,10 @@ from flexunet.core.errors import EXIT_CODES_HELP
               help="Folder of real images whose tiles calibrate INT8 (ONNX and TensorRT).")
 @click.option("--calibration-count", type=click.IntRange(1), default=64, show_default=True,
               help="Number of calibration tiles.")
-@click.option("--int8-min-dice", type=click.FloatRange(0, 1), default=0.99, show_default=True,
-              help="Refuse the INT8 model if its mask dice against FP32 is lower.")
-@click.option("--int8-target-dice", type=click.FloatRange(0, 1), default=0.99, show_default=True,
+@click.option("--int8-min-dice", type=click.FloatRange(0, 1), default=TOLERANCES["int8"].min_dice, show_default=True,
+              help="Refuse the INT8 model if its mask dice against FP32 is lower [default: the int8 tolerance].")
+@click.option("--int8-target-dice", type=click.FloatRange(0, 1), default=TOLERANCES["int8"].min_dice,
+              show_default=True,
               help="Mixed precision: keep convolutions in FP32, most dice gained per estimated cost first, "
                    "until INT8 agrees with FP32 at this mask dice on calibration tiles held out of "
                    "calibration (within --int8-max-float and --int8-max-float-share); 0 quantises every "

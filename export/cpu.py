@@ -747,7 +747,8 @@ def tune_int8(src: Path, dest: Path, tiles: np.ndarray, check: np.ndarray, input
     over ``max_float_share`` of the model's multiply-adds (the speed INT8 is for).  The result is
     written to ``dest`` whatever the dice; the caller judges it.
     """
-    from flexunet.export.onnx import agreement, onnx_predict
+    from flexunet.core.compare import compare
+    from flexunet.export.onnx import onnx_predict
 
     say = progress or (lambda line: None)
     t0 = time.perf_counter()
@@ -759,7 +760,7 @@ def tune_int8(src: Path, dest: Path, tiles: np.ndarray, check: np.ndarray, input
             nonlocal tried
             tried += 1
             prep.quantize(dest, tiles, input_name, method, weight_bits, float_first_conv, tuple(keep))
-            return agreement(reference, onnx_predict(dest, check), threshold).dice
+            return compare(reference, onnx_predict(dest, check), threshold).dice
 
         first = dice_of(())
         say(f"INT8: mask dice vs FP32 {first:.4f} on {len(check)} check tiles (target {target_dice})")

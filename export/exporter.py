@@ -19,10 +19,12 @@ from flexunet.core.config import load_config
 from flexunet.core.errors import FlexunetError, MissingDependencyError, ModelError, VerificationError
 from flexunet.core.modelinfo import ModelInfo
 
+from flexunet.core.compare import TOLERANCES, compare
 from flexunet.export import onnx as ox
 
+INT8_MIN_DICE = TOLERANCES["int8"].min_dice
+
 log = logging.getLogger("flexunet")
-INT8_MIN_DICE = 0.99
 #: Calibration-image tiles held out of calibration to check (and tune) INT8 against FP32.
 INT8_CHECK_TILES = 16
 
@@ -146,7 +148,7 @@ def run_export(model_path: Path, opts: ExportOptions) -> dict:
         # FP32 ONNX
         _, t_conv = ox.timed(ox.convert, model, tmp / "model.onnx", info, opts.opset)
         onnx_probs = ox.onnx_predict(tmp / "model.onnx", verify)
-        a = ox.agreement(keras_probs, onnx_probs, info.threshold)
+        a = compare(keras_probs, onnx_probs, info.threshold)
         ox.check_fp32(a, "model.onnx")
         report["artifacts"]["model.onnx"] = {"precision": "fp32", "opset": opts.opset,
                                              "seconds": round(t_conv, 2), "bytes": ox.file_size(tmp / "model.onnx"),
@@ -155,7 +157,7 @@ def run_export(model_path: Path, opts: ExportOptions) -> dict:
 
         if opts.optimize:
             _, t = ox.timed(cpu.optimize, tmp / "model.onnx", tmp / "model.opt.onnx")
-            a = ox.agreement(keras_probs, ox.onnx_predict(tmp / "model.opt.onnx", verify))
+            a = compare(keras_probs, ox.onnx_predict(tmp / "model.opt.onnx", verify))
             ox.check_fp32(a, "model.opt.onnx")
             report["artifacts"]["model.opt.onnx"] = {"precision": "fp32", "seconds": round(t, 2),
                                                      "bytes": ox.file_size(tmp / "model.opt.onnx"),
@@ -174,8 +176,8 @@ def run_export(model_path: Path, opts: ExportOptions) -> dict:
                                      weight_bits=bits, max_float=opts.int8_max_float,
                                      max_float_share=opts.int8_max_float_share, progress=log.info)
             int8_probs = ox.onnx_predict(tmp / "model.int8.onnx", verify)
-            vs_fp32 = ox.agreement(onnx_probs, int8_probs, info.threshold)
-            vs_keras = ox.agreement(keras_probs, int8_probs, info.threshold)
+            vs_fp32 = compare(onnx_probs, int8_probs, info.threshold)
+            vs_keras = compare(keras_probs, int8_probs, info.threshold)
             report["artifacts"]["model.int8.onnx"] = {
                 "precision": "int8", "seconds": round(t, 2), "bytes": ox.file_size(tmp / "model.int8.onnx"),
                 "calibration": {"images": [str(p) for p in opts.calibration_images]

@@ -10,18 +10,16 @@ import hashlib
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from flexunet.core.errors import FlexunetError, ModelError, VerificationError
-from flexunet.core.masks import labels_from_probabilities
+from flexunet.core.compare import TOLERANCES, Comparison
 from flexunet.core.modelinfo import ModelInfo
 
 DEFAULT_OPSET = 17
-FP32_MAX_ABS_DIFF = 1e-4
-FP32_MIN_DICE = 0.9999
 
 
 def keras_weights_sha256(model) -> str:
@@ -94,40 +92,12 @@ def onnx_predict(onnx_path: Path, tiles: np.ndarray, batch_size: int = 4) -> np.
         return predict_batches(backend.predict, tiles, batch_size)
 
 
-@dataclass
-class Agreement:
-    """How closely a candidate's probabilities and masks follow a reference's."""
-
-    max_abs_diff: float
-    mean_abs_diff: float
-    dice: float
-    tiles: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def agreement(reference: np.ndarray, candidate: np.ndarray, threshold: float = 0.5) -> Agreement:
-    """|Δp| and mask dice (pooled over the tiles; foreground, or mean over foreground classes)
-    between two probability batches, with the parity maths of :mod:`runtime.parity`."""
-    from flexunet.runtime import parity
-
-    labels = parity.num_labels(reference.shape[-1])
-    masks = parity.Agreement.empty(labels)
-    diff = parity.ProbDiff()
-    for p, q in zip(reference, candidate):
-        masks += parity.Agreement.of(labels_from_probabilities(p, threshold),
-                                     labels_from_probabilities(q, threshold), labels)
-        diff += parity.ProbDiff.of(p, q)
-    return Agreement(diff.max, diff.mean, masks.dice, len(reference))
-
-
-def check_fp32(a: Agreement, what: str, max_abs: float = FP32_MAX_ABS_DIFF,
-               min_dice: float = FP32_MIN_DICE) -> None:
-    if not (a.max_abs_diff <= max_abs and a.dice >= min_dice):
-        raise VerificationError(
-            f"{what} does not reproduce the Keras model: max |Δp| {a.max_abs_diff:.2e} (limit {max_abs:.0e}), "
-            f"mask dice {a.dice:.6f} (limit {min_dice}) on {a.tiles} tiles; artifact not written")
+def check_fp32(result: Comparison, what: str) -> None:
+    """Refuse an FP32 artifact that does not reproduce the Keras model (:data:`TOLERANCES` fp32)."""
+    failures = TOLERANCES["fp32"].failures(result)
+    if failures:
+        raise VerificationError(f"{what} does not reproduce the Keras model on {result.items} tiles: "
+                                f"{'; '.join(failures)}; artifact not written")
 
 
 def move_into_place(tmp_dir: Path, dest_dir: Path, names: list[str]) -> list[Path]:

@@ -23,6 +23,7 @@ from typing import Callable
 
 import numpy as np
 
+from flexunet.core.compare import mask_scores, num_labels
 from flexunet.runtime import parity as par
 from flexunet.core.atomic import atomic_dir, write_text
 from flexunet.core.config import Config, class_names, load_config
@@ -276,13 +277,13 @@ def _comparison(cfg: Config, onnx: Path, pairs) -> np.ndarray | None:
     rows = []
     with Segmenter(onnx) as seg:
         colors = list(seg.info.class_colors)
-        labels = par.num_labels(seg.info.num_classes)
+        labels = num_labels(seg.info.num_classes)
         colors += [(255, 255, 255)] * max(0, labels - len(colors))
         for pair in pairs[:COMPARISON_ROWS]:
             image = read_image(pair.image)
             truth = par.truth_labels(pair.mask, seg.info.num_classes, seg.info.class_colors)
             pred = seg.segment(image).labels
-            dice = par.mask_scores(truth, pred, labels)["dice"]
+            dice = mask_scores(truth, pred, labels)["dice"]
             rows.append(par.figure_row(image, truth, pred, colors,
                                        f"{pair.image.name}: input | ground truth | ONNX prediction | "
                                        f"differences  (dice {dice:.3f})", legend=TRUTH_LEGEND))

@@ -4,19 +4,10 @@ For every image and candidate: max and mean ``|Δp|`` (over all probability chan
 and IoU against the reference's mask, the fraction of pixels whose label flipped, and, with ground
 truth masks, each model's dice against the truth; overall, the same figures pooled over all pixels
 of all images (intersections and sums accumulated, not per-image means) and the worst image.  Each
-candidate gets a verdict from a tolerance that defaults by its precision (:data:`DEFAULT_MIN_DICE`).
-
-Conventions (the same as :mod:`runtime.metrics`, whose functions give every per-image figure):
-
-* masks are compared per class as booleans; when both masks of a class are empty the class's dice
-  and IoU are 1.0 (perfect agreement), when exactly one is empty they are 0.0;
-* a binary model (one sigmoid channel) is scored on its foreground (label 1); a multiclass model
-  on the mean over its foreground classes (1..K-1); ``per_class_dice`` lists every class, the
-  background (0) included;
-* pooled figures add up each class's ``|A∩B|``, ``|A|`` and ``|B|`` over the images first
-  (:class:`Overlap`), so a large image weighs more than a small one;
-* the worst image of a candidate is the one with the lowest dice against the reference (ties: more
-  flipped pixels, then larger max ``|Δp|``).
+candidate gets a verdict from the tolerance table of :mod:`flexunet.core.compare` (by its precision),
+whose conventions (per-class booleans, both-empty = 1.0, pooled counts) every figure here follows.
+The worst image of a candidate is the one with the lowest dice against the reference (ties: more
+flipped pixels, then larger max ``|Δp|``).
 
 Images are processed one at a time (memory is bounded by one image and its probabilities per
 model); for the disagreement figure only small downscaled panels of each candidate's worst image
@@ -36,7 +27,8 @@ import cv2
 import numpy as np
 
 from flexunet.core import masks
-from flexunet.core import metrics
+from flexunet.core.compare import (Comparison, MaskAgreement, ProbDiff, Tolerance, mask_scores, num_labels,
+                                   tolerance_for)
 from flexunet.core.atomic import write_text
 from flexunet.runtime.backends.base import BACKENDS
 from flexunet.core.errors import EXIT_FAILED, EXIT_OK, EXIT_SKIPPED, FlexunetError, ImageReadError, ModelError
@@ -44,10 +36,6 @@ from flexunet.core.imageio import IMAGE_EXTENSIONS, expand_inputs, list_images, 
 
 log = logging.getLogger("flexunet")
 
-#: Minimum pooled mask dice against the reference, by the candidate's precision (ModelInfo.precision).
-DEFAULT_MIN_DICE = {"fp32": 0.999, "fp16": 0.995, "int8": 0.99}
-#: Used for a precision not listed above (the strictest).
-FALLBACK_PRECISION = "fp32"
 
 # worst.png layout: one row per candidate, four panels side by side, 1600 px wide in total.
 PANELS = ("input", "reference", "candidate", "differences")
@@ -65,134 +53,6 @@ DIFF_COLORS = {
     "other_class": (0, 215, 255),      # yellow (multiclass): both foreground, different classes
 }
 DIFF_LEGEND = "red: reference only, cyan: candidate only, yellow: other class"
-
-
-# -- the maths --------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Overlap:
-    """Pixel counts of one class in two masks A and B: ``|A∩B|``, ``|A|``, ``|B|``.
-
-    Counts add up (``+``) over images; :attr:`dice` and :attr:`iou` follow the conventions of
-    :mod:`runtime.metrics` (both empty: 1.0; one empty: 0.0).
-    """
-
-    inter: int = 0
-    a: int = 0
-    b: int = 0
-
-    @classmethod
-    def of(cls, a: np.ndarray, b: np.ndarray) -> "Overlap":
-        """The counts of two boolean (or 0/non-0) masks of the same shape."""
-        a = np.asarray(a).astype(bool, copy=False)
-        b = np.asarray(b).astype(bool, copy=False)
-        if a.shape != b.shape:
-            raise ValueError(f"mask shapes differ: {a.shape} vs {b.shape}")
-        return cls(int(np.count_nonzero(a & b)), int(np.count_nonzero(a)), int(np.count_nonzero(b)))
-
-    def __add__(self, other: "Overlap") -> "Overlap":
-        return Overlap(self.inter + other.inter, self.a + other.a, self.b + other.b)
-
-    @property
-    def dice(self) -> float:
-        """``2|A∩B| / (|A|+|B|)``; 1.0 when both are empty."""
-        return metrics.dice_from_counts(self.inter, self.a, self.b)
-
-    @property
-    def iou(self) -> float:
-        """``|A∩B| / |A∪B|``; 1.0 when both are empty."""
-        return metrics.iou_from_counts(self.inter, self.a, self.b)
-
-
-def num_labels(num_classes: int) -> int:
-    """Distinct label values of a model: 2 (0/1) for a binary model, else its classes."""
-    return 2 if num_classes == 1 else num_classes
-
-
-@dataclass(frozen=True)
-class Agreement:
-    """Two label maps compared, as counts that add up over images.
-
-    Attributes:
-        classes: :class:`Overlap` of each label value (0 = background).
-        flipped: pixels whose label differs.
-        pixels: pixels compared.
-    """
-
-    classes: tuple[Overlap, ...]
-    flipped: int
-    pixels: int
-
-    @classmethod
-    def of(cls, a: np.ndarray, b: np.ndarray, labels: int) -> "Agreement":
-        """Compare label maps ``a`` and ``b`` (``HxW`` ints in ``0..labels-1``)."""
-        a, b = np.asarray(a), np.asarray(b)
-        if a.shape != b.shape:
-            raise ValueError(f"mask shapes differ: {a.shape} vs {b.shape}")
-        return cls(tuple(Overlap.of(a == c, b == c) for c in range(labels)),
-                   int(np.count_nonzero(a != b)), int(a.size))
-
-    @classmethod
-    def empty(cls, labels: int) -> "Agreement":
-        return cls(tuple(Overlap() for _ in range(labels)), 0, 0)
-
-    def __add__(self, other: "Agreement") -> "Agreement":
-        if len(self.classes) != len(other.classes):
-            raise ValueError("cannot add agreements of different label counts")
-        return Agreement(tuple(x + y for x, y in zip(self.classes, other.classes)),
-                         self.flipped + other.flipped, self.pixels + other.pixels)
-
-    @property
-    def dice(self) -> float:
-        """Foreground dice (binary), or the mean dice of the foreground classes (multiclass)."""
-        return float(np.mean([c.dice for c in self.classes[1:]]))
-
-    @property
-    def iou(self) -> float:
-        """Foreground IoU (binary), or the mean IoU of the foreground classes (multiclass)."""
-        return float(np.mean([c.iou for c in self.classes[1:]]))
-
-    @property
-    def per_class_dice(self) -> list[float]:
-        """Dice of every label value, background first."""
-        return [c.dice for c in self.classes]
-
-    @property
-    def flipped_fraction(self) -> float:
-        return self.flipped / self.pixels if self.pixels else 0.0
-
-
-def mask_scores(a: np.ndarray, b: np.ndarray, labels: int) -> dict:
-    """Per-image agreement of two label maps, computed with :mod:`runtime.metrics`:
-    ``dice``/``iou`` (foreground, or mean over foreground classes), ``per_class_dice`` (every
-    label, background first) and ``flipped_fraction``."""
-    per_class = metrics.per_class_dice(a, b, labels)
-    ious = [metrics.iou(a == c, b == c) for c in range(1, labels)]
-    return {"dice": float(np.mean(per_class[1:])), "iou": float(np.mean(ious)),
-            "per_class_dice": [float(d) for d in per_class],
-            "flipped_fraction": metrics.flipped_fraction(a, b)}
-
-
-@dataclass
-class ProbDiff:
-    """``|Δp|`` between two probability maps, accumulated over images: max, sum and count."""
-
-    max: float = 0.0
-    total: float = 0.0
-    count: int = 0
-
-    @classmethod
-    def of(cls, p: np.ndarray, q: np.ndarray) -> "ProbDiff":
-        if p.shape != q.shape:
-            raise ValueError(f"probability shapes differ: {p.shape} vs {q.shape}")
-        d = np.abs(np.asarray(p, np.float32) - np.asarray(q, np.float32))
-        return cls(float(d.max(initial=0.0)), float(d.sum(dtype=np.float64)), int(d.size))
-
-    def __add__(self, other: "ProbDiff") -> "ProbDiff":
-        return ProbDiff(max(self.max, other.max), self.total + other.total, self.count + other.count)
-
-    @property
-    def mean(self) -> float:
-        return self.total / self.count if self.count else 0.0
 
 
 # -- tolerances and verdicts -----------------------------------------------------------------------
@@ -220,52 +80,6 @@ def parse_min_dice(values: Sequence[str]) -> tuple[float | None, dict[str, float
         else:
             by_precision[key.strip().lower()] = value
     return overall, by_precision
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """What a candidate must reach.
-
-    Attributes:
-        min_dice: minimum pooled mask dice against the reference.
-        max_abs_diff: maximum ``|Δp|`` over every pixel and channel (None: not checked).
-        per_image: also require every image's dice to reach ``min_dice``.
-        source: where ``min_dice`` comes from (``"default for int8"``, ``"--min-dice"``...).
-    """
-
-    min_dice: float
-    max_abs_diff: float | None = None
-    per_image: bool = False
-    source: str = ""
-
-    @classmethod
-    def for_precision(cls, precision: str, min_dice: float | None = None,
-                      by_precision: dict[str, float] | None = None, max_abs_diff: float | None = None,
-                      per_image: bool = False) -> "Tolerance":
-        """The tolerance of a candidate of ``precision``: ``by_precision[precision]``, else
-        ``min_dice``, else :data:`DEFAULT_MIN_DICE` (fp32's for an unknown precision)."""
-        precision = (precision or "").lower()
-        if by_precision and precision in by_precision:
-            value, source = by_precision[precision], f"--min-dice {precision}="
-        elif min_dice is not None:
-            value, source = min_dice, "--min-dice"
-        elif precision in DEFAULT_MIN_DICE:
-            value, source = DEFAULT_MIN_DICE[precision], f"default for {precision}"
-        else:
-            value = DEFAULT_MIN_DICE[FALLBACK_PRECISION]
-            source = f"default for {FALLBACK_PRECISION} (unknown precision {precision or '?'!r})"
-        return cls(value, max_abs_diff, per_image, source)
-
-    def failures(self, pooled: Agreement, worst_dice: float, diff: ProbDiff) -> list[str]:
-        """Why a candidate with these figures fails (empty: it passes)."""
-        out = []
-        if pooled.dice < self.min_dice:
-            out.append(f"pooled dice vs reference {pooled.dice:.6f} < {self.min_dice}")
-        if self.per_image and worst_dice < self.min_dice:
-            out.append(f"worst image dice vs reference {worst_dice:.6f} < {self.min_dice}")
-        if self.max_abs_diff is not None and diff.max > self.max_abs_diff:
-            out.append(f"max |dp| {diff.max:.3g} > {self.max_abs_diff}")
-        return out
 
 
 def exit_code(failed: int, skipped: int) -> int:
@@ -411,9 +225,9 @@ class CandidateResult:
     backend: str
     precision: str
     tolerance: Tolerance
-    pooled: Agreement
+    pooled: MaskAgreement
     diff: ProbDiff = field(default_factory=ProbDiff)
-    truth: Agreement | None = None
+    truth: MaskAgreement | None = None
     worst: dict | None = None             # the worst image's per-image record
     worst_row: np.ndarray | None = None   # its row of worst.png
     worst_size: tuple[int, int] | None = None
@@ -456,7 +270,7 @@ class ParityReport:
     total_images: int
     masks_dir: str | None = None
     truth_missing: list[str] = field(default_factory=list)
-    reference_truth: Agreement | None = None
+    reference_truth: MaskAgreement | None = None
     seconds: float = 0.0
 
     @property
@@ -638,15 +452,15 @@ def _compare(ref_spec, ref, specs, cand_segs, paths, truth_index, masks_dir, ove
     if len(colors) < labels:  # colourising needs one colour per label
         colors += [(255, 255, 255)] * (labels - len(colors))
     results = [CandidateResult(spec, seg.backend.name, seg.info.precision,
-                               Tolerance.for_precision(seg.info.precision, overall, by_precision, max_abs_diff,
+                               tolerance_for(seg.info.precision, overall, by_precision, max_abs_diff,
                                                        per_image),
-                               Agreement.empty(labels))
+                               MaskAgreement.empty(labels))
                for spec, seg in zip(specs, cand_segs)]
     has_truth = truth_index is not None
     if has_truth:
         for r in results:
-            r.truth = Agreement.empty(labels)
-    ref_truth = Agreement.empty(labels) if has_truth else None
+            r.truth = MaskAgreement.empty(labels)
+    ref_truth = MaskAgreement.empty(labels) if has_truth else None
     records, skipped, truth_missing = [], [], []
     say(f"reference: {ref_spec} ({ref.backend.name}, {ref.info.precision}); {ref.describe()}")
     for r in results:
@@ -669,7 +483,7 @@ def _compare(ref_spec, ref, specs, cand_segs, paths, truth_index, masks_dir, ove
         rec = {"image": path.name, "path": str(path), "height": int(image.shape[0]), "width": int(image.shape[1]),
                "reference_dice_vs_truth": None, "candidates": []}
         if truth is not None:
-            agreement = Agreement.of(truth, base.labels, labels)
+            agreement = MaskAgreement.of(truth, base.labels, labels)
             ref_truth += agreement
             rec["reference_dice_vs_truth"] = mask_scores(truth, base.labels, labels)["dice"]
         notes = []
@@ -677,12 +491,12 @@ def _compare(ref_spec, ref, specs, cand_segs, paths, truth_index, masks_dir, ove
             res = seg.segment(image)
             diff = ProbDiff.of(base.probabilities, res.probabilities)
             scores = mask_scores(base.labels, res.labels, labels)
-            r.pooled += Agreement.of(base.labels, res.labels, labels)
+            r.pooled += MaskAgreement.of(base.labels, res.labels, labels)
             r.diff += diff
             crec = {"model": str(r.spec), "label": r.spec.label, **scores, "max_abs_diff": diff.max, "mean_abs_diff": diff.mean,
                     "dice_vs_truth": None}
             if truth is not None:
-                r.truth += Agreement.of(truth, res.labels, labels)
+                r.truth += MaskAgreement.of(truth, res.labels, labels)
                 crec["dice_vs_truth"] = mask_scores(truth, res.labels, labels)["dice"]
             rec["candidates"].append(crec)
             worst_key = {"image": path.name, **crec}
@@ -699,7 +513,7 @@ def _compare(ref_spec, ref, specs, cand_segs, paths, truth_index, masks_dir, ove
     if not records:
         raise FlexunetError(f"none of the {len(paths)} images could be read; nothing was compared")
     for r in results:
-        r.failures = r.tolerance.failures(r.pooled, r.worst["dice"], r.diff)
+        r.failures = r.tolerance.failures(Comparison(r.pooled, r.diff), r.worst["dice"])
     lay = ref.layout()
     return ParityReport(
         reference=ref_spec, reference_backend=ref.backend.name, reference_precision=ref.info.precision,

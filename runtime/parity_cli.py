@@ -11,16 +11,17 @@ import click
 
 from flexunet.cli import handle_errors
 from flexunet.runtime.infer_cli import TileSize
-from flexunet.runtime.parity import DEFAULT_MIN_DICE, run_parity, write_reports
+from flexunet.core.compare import describe_defaults
+from flexunet.runtime.parity import run_parity, write_reports
 from flexunet.core.tiling import BLEND_MODES
 
-_DEFAULTS = ", ".join(f"{k.upper()} {v}" for k, v in DEFAULT_MIN_DICE.items())
+_DEFAULTS = describe_defaults()
 
 EPILOG = (
     "Verdict: a candidate passes when its mask dice against the reference, pooled over all pixels of "
-    f"all images, reaches its minimum ({_DEFAULTS} by the precision in the model's metadata, or "
-    "--min-dice), with --per-image every image's dice too, and with --max-abs-diff its max |dp| "
-    "stays within that. "
+    f"all images, reaches its minimum and its max |dp| stays within its limit (by the precision in the model's "
+    f"metadata: {_DEFAULTS}; --min-dice and --max-abs-diff replace them), with --per-image every "
+    "image's dice too. "
     "Dice/IoU conventions: both masks empty -> 1.0, one empty -> 0.0; multiclass models are scored on "
     "the mean over foreground classes. "
     "Exit codes: 0 every candidate passes; 1 a candidate fails (takes precedence over 3); "
@@ -44,7 +45,7 @@ EPILOG = (
               help=f"Minimum pooled dice vs the reference, for every candidate (0.99) or one precision "
                    f"(int8=0.98); repeatable [default: {_DEFAULTS}].")
 @click.option("--max-abs-diff", type=click.FloatRange(min=0.0),
-              help="Also fail a candidate whose max |probability difference| exceeds this.")
+              help="Fail a candidate whose max |probability difference| exceeds this [default: by precision, see below].")
 @click.option("--per-image", is_flag=True, help="Also fail a candidate if any single image's dice is below its minimum.")
 @click.option("--tile", type=TileSize(), help="Tile size N or HxW [default: the reference's].")
 @click.option("--overlap", type=click.IntRange(min=0), help="Tile overlap in pixels [default: the reference's].")

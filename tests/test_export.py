@@ -211,7 +211,8 @@ def test_int8_mixed_precision_search_keeps_sensitive_convolutions_in_fp32(binary
     import onnx
 
     from flexunet.export import cpu
-    from flexunet.export.onnx import agreement, onnx_predict, read_info
+    from flexunet.core.compare import compare
+    from flexunet.export.onnx import onnx_predict, read_info
     from flexunet.export.tiles import calibration_tiles, hold_out
 
     out = tmp_path / "out"
@@ -240,7 +241,7 @@ def test_int8_mixed_precision_search_keeps_sensitive_convolutions_in_fp32(binary
     assert with_conv[list(costs)[-1]] == pytest.approx(head + 32 * 7 * 64 * 64 / macs_total)
     assert t.dice >= t.dice_all_int8 and t.variants_tried >= 1 + t.candidates
     # the file written is the variant reported: same dice on the check tiles
-    written = agreement(onnx_predict(out / "model.onnx", check), onnx_predict(dest, check), info.threshold)
+    written = compare(onnx_predict(out / "model.onnx", check), onnx_predict(dest, check), info.threshold)
     assert written.dice == pytest.approx(t.dice, abs=1e-6)
     # float convolutions read FP32 weights (1x1 ones as MatMul), the others dequantised ones
     graph = onnx.load(str(dest)).graph

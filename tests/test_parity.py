@@ -8,115 +8,17 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from flexunet.core import metrics
+from flexunet.core.compare import TOLERANCES
 from flexunet.core.errors import EXIT_FAILED, EXIT_OK, EXIT_SKIPPED, EXIT_USAGE, FlexunetError
 from flexunet.core.imageio import read_image, write_image
 from flexunet.core.masks import colorize
-from flexunet.runtime.parity import (DEFAULT_MIN_DICE, DIFF_COLORS, FIGURE_WIDTH, Agreement, ModelSpec, Overlap, ProbDiff,
-                            Tolerance, difference_map, exit_code, figure_row, figure_size, mask_scores,
-                            parse_min_dice)
+from flexunet.runtime.parity import (DIFF_COLORS, FIGURE_WIDTH, ModelSpec, difference_map, exit_code, figure_row,
+                                     figure_size)
 from flexunet.runtime.parity_cli import parity_cmd
 from flexunet.runtime.segmenter import Segmenter
 
 
-# -- the maths -----------------------------------------------------------------------------------------
-def test_overlap_conventions_and_exact_counts():
-    empty = np.zeros((4, 5), bool)
-    assert Overlap.of(empty, empty) == Overlap(0, 0, 0)
-    assert Overlap.of(empty, empty).dice == 1.0 and Overlap.of(empty, empty).iou == 1.0  # both empty: agree
-    one = empty.copy()
-    one[1, 1] = True
-    assert Overlap.of(one, empty).dice == 0.0 and Overlap.of(one, empty).iou == 0.0       # one empty
-    assert Overlap.of(empty, one).dice == 0.0 and Overlap.of(empty, one).iou == 0.0
-    a = np.zeros((4, 5), bool)
-    b = np.zeros((4, 5), bool)
-    a[0, :4] = True           # |A| = 4
-    b[0, 1:4] = True
-    b[1, :3] = True           # |B| = 6, |A∩B| = 3
-    o = Overlap.of(a, b)
-    assert (o.inter, o.a, o.b) == (3, 4, 6)
-    assert o.dice == pytest.approx(6 / 10) and o.iou == pytest.approx(3 / 7)
-    # the same conventions as the project's one dice implementation
-    for x, y in ((empty, empty), (one, empty), (a, b)):
-        assert Overlap.of(x, y).dice == metrics.dice(x, y)
-        assert Overlap.of(x, y).iou == metrics.iou(x, y)
-
-
-def test_agreement_binary_flipped_and_mask_scores():
-    ref = np.array([[0, 1, 1, 0], [0, 1, 0, 0]], np.uint8)
-    cand = np.array([[0, 1, 0, 0], [1, 1, 0, 0]], np.uint8)
-    ag = Agreement.of(ref, cand, 2)
-    assert ag.classes[1] == Overlap(2, 3, 3)
-    assert ag.classes[0] == Overlap(4, 5, 5)
-    assert ag.flipped == 2 and ag.pixels == 8 and ag.flipped_fraction == 0.25
-    assert ag.dice == pytest.approx(4 / 6) and ag.iou == pytest.approx(2 / 4)
-    scores = mask_scores(ref, cand, 2)  # per image: computed by runtime.metrics
-    assert scores["dice"] == pytest.approx(ag.dice) and scores["iou"] == pytest.approx(ag.iou)
-    assert scores["per_class_dice"] == pytest.approx(ag.per_class_dice)
-    assert scores["flipped_fraction"] == 0.25
-    both_empty = Agreement.of(np.zeros((3, 3), np.uint8), np.zeros((3, 3), np.uint8), 2)
-    assert both_empty.dice == 1.0 and both_empty.iou == 1.0 and both_empty.flipped_fraction == 0.0
-    assert mask_scores(np.zeros((3, 3), np.uint8), np.zeros((3, 3), np.uint8), 2)["dice"] == 1.0
-
-
-def test_pooled_figures_are_not_means_of_per_image_figures():
-    big = np.zeros((20, 10), np.uint8)
-    big[:10] = 1                                  # 100 foreground pixels, identical in both
-    small_ref = np.zeros((2, 2), np.uint8)
-    small_ref[0] = 1                              # 2 foreground pixels the candidate misses
-    small_cand = np.zeros((2, 2), np.uint8)
-    first, second = Agreement.of(big, big, 2), Agreement.of(small_ref, small_cand, 2)
-    assert first.dice == 1.0 and second.dice == 0.0
-    pooled = first + second
-    assert pooled.classes[1] == Overlap(100, 102, 100)
-    assert pooled.dice == pytest.approx(200 / 202)          # not (1.0 + 0.0) / 2
-    assert pooled.iou == pytest.approx(100 / 102)
-    assert pooled.flipped == 2 and pooled.pixels == 204
-    assert (Agreement.empty(2) + first) == first
-
-
-def test_multiclass_mean_over_foreground_classes():
-    ref = np.array([[0, 1, 1], [2, 2, 0]], np.uint8)
-    cand = np.array([[0, 1, 2], [2, 2, 0]], np.uint8)
-    ag = Agreement.of(ref, cand, 4)   # class 3 absent from both: dice 1.0
-    assert ag.per_class_dice == pytest.approx([1.0, 2 / 3, 4 / 5, 1.0])
-    assert ag.dice == pytest.approx((2 / 3 + 4 / 5 + 1.0) / 3)  # background excluded
-    assert ag.flipped == 1
-    assert mask_scores(ref, cand, 4)["dice"] == pytest.approx(ag.dice)
-
-
-def test_probability_differences_pool_max_and_mean():
-    p = np.zeros((2, 2, 2), np.float32)
-    q = p.copy()
-    q[0, 0, 1] = 0.5
-    d1 = ProbDiff.of(p, q)
-    assert d1.max == 0.5 and d1.mean == pytest.approx(0.5 / 8)
-    d2 = ProbDiff.of(np.zeros((1, 1, 2), np.float32), np.full((1, 1, 2), 0.25, np.float32))
-    pooled = d1 + d2
-    assert pooled.max == 0.5 and pooled.mean == pytest.approx(1.0 / 10)
-
-
-# -- tolerances and exit codes --------------------------------------------------------------------------
-def test_tolerance_defaults_by_precision_and_overrides():
-    assert DEFAULT_MIN_DICE == {"fp32": 0.999, "fp16": 0.995, "int8": 0.99}
-    assert Tolerance.for_precision("fp32").min_dice == 0.999
-    assert Tolerance.for_precision("fp16").min_dice == 0.995
-    assert Tolerance.for_precision("int8").min_dice == 0.99
-    assert Tolerance.for_precision("bf16").min_dice == 0.999  # unknown: the strictest
-    overall, by_precision = parse_min_dice(["0.97", "int8=0.95"])
-    assert overall == 0.97 and by_precision == {"int8": 0.95}
-    assert Tolerance.for_precision("int8", overall, by_precision).min_dice == 0.95
-    assert Tolerance.for_precision("fp32", overall, by_precision).min_dice == 0.97
-    for bad in ("x", "1.5", "int8=", "=0.9"):
-        with pytest.raises(FlexunetError, match="--min-dice"):
-            parse_min_dice([bad])
-    good = Agreement.of(np.ones((10, 10), np.uint8), np.ones((10, 10), np.uint8), 2)
-    tol = Tolerance(0.99, max_abs_diff=0.1, per_image=True)
-    assert tol.failures(good, 1.0, ProbDiff(0.05, 0, 1)) == []
-    reasons = tol.failures(good, 0.5, ProbDiff(0.2, 0, 1))
-    assert len(reasons) == 2 and "worst image" in reasons[0] and "max |dp|" in reasons[1]
-
-
+# -- exit codes ------------------------------------------------------------------------------------------
 def test_exit_code_policy_verdict_first():
     assert exit_code(failed=0, skipped=0) == EXIT_OK == 0
     assert exit_code(failed=1, skipped=0) == EXIT_FAILED == 1
@@ -184,7 +86,7 @@ def test_identical_candidate_passes_with_reports(make_onnx, images, tmp_path):
     assert cand["overall"]["dice"] == 1.0 and cand["overall"]["iou"] == 1.0
     assert cand["overall"]["max_abs_diff"] == 0.0 and cand["overall"]["mean_abs_diff"] == 0.0
     assert cand["overall"]["flipped_fraction"] == 0.0
-    assert cand["tolerance"]["min_dice"] == 0.999 and cand["precision"] == "fp32"
+    assert cand["tolerance"]["min_dice"] == TOLERANCES["fp32"].min_dice and cand["precision"] == "fp32"
     assert data["layout"] == {"tile": [64, 64], "overlap": 16, "blend": "cosine", "batch_size": 4, "threshold": 0.5}
     assert data["images"] == {"total": 3, "compared": 3, "skipped": []}
     assert [r["image"] for r in data["per_image"]] == ["img00.png", "img01.png", "img02.png"]
@@ -218,15 +120,18 @@ def test_perturbed_candidate_fails_with_exit_1_and_min_dice_overrides(make_onnx,
              for c in data["candidates"]]
     assert read_image(out / "worst.png").shape[:2] == figure_size(sizes)
 
-    # --min-dice sets the tolerance for every candidate: just below the measured dice passes
+    # --min-dice sets the dice for every candidate, --max-abs-diff the |dp| limit (fp32's default is 1e-4):
+    # just below the measured dice with a loose |dp| passes
     assert parity("--reference", ref, "--candidate", other, tmp_path / "in", "-o", out,
-                  "--min-dice", f"{dice - 1e-6:.9f}").exit_code == EXIT_OK
+                  "--min-dice", f"{dice - 1e-6:.9f}", "--max-abs-diff", "1").exit_code == EXIT_OK
+    assert parity("--reference", ref, "--candidate", other, tmp_path / "in", "-o", out,
+                  "--min-dice", f"{dice - 1e-6:.9f}").exit_code == EXIT_FAILED
     assert json.loads((out / "parity.json").read_text())["candidates"][0]["tolerance"]["source"] == "--min-dice"
-    # ... and --max-abs-diff adds a second condition
+    # ... and --max-abs-diff is a second condition
     strict = parity("--reference", ref, "--candidate", other, tmp_path / "in", "-o", out,
                     "--min-dice", "0", "--max-abs-diff", "0.001")
     assert strict.exit_code == EXIT_FAILED
-    assert "max |dp|" in json.loads((out / "parity.json").read_text())["candidates"][0]["failures"][0]
+    assert "max |Δp|" in json.loads((out / "parity.json").read_text())["candidates"][0]["failures"][0]
 
 
 def test_int8_candidate_gets_the_int8_default(make_onnx, images, tmp_path):
@@ -252,7 +157,7 @@ def test_ground_truth_masks_binary(make_onnx, images, tmp_path):
             write_image(truth / f"{p.stem}.png", seg.segment(p).mask)
     out = tmp_path / "report"
     result = parity("--reference", ref, "--candidate", other, tmp_path / "in", "-o", out, "--masks", truth,
-                    "--min-dice", "0")
+                    "--min-dice", "0", "--max-abs-diff", "1")
     assert result.exit_code == EXIT_OK, result.stderr
     data = json.loads((out / "parity.json").read_text())
     assert data["reference"]["dice_vs_truth"] == 1.0
