@@ -27,7 +27,7 @@ CONFIG = REPO / "projects" / "Tiled-MultipleMyeloma" / "train_eval_infer.config"
 
 
 def _save_model(path: Path) -> int:
-    from flexunet.cli import import_tensorflow_quietly
+    from flexunet.core.console import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     import keras

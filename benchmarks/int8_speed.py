@@ -44,7 +44,7 @@ def main(argv=None):
     ap.add_argument("--name", default="int8_speed")
     args = ap.parse_args(argv)
 
-    from flexunet.cli import import_tensorflow_quietly
+    from flexunet.core.console import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     from flexunet.core.compare import compare

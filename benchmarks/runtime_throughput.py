@@ -117,10 +117,10 @@ def main(argv=None):
 
     # 3. quality: tiled vs whole (ours), seed-style vs whole, each vs ground truth
     whole_seg = Segmenter(args.onnx, backend=args.backend, whole=True)
-    from flexunet.cli import import_tensorflow_quietly  # the seed-style loop runs the Keras model
+    from flexunet.core.console import import_tensorflow_quietly  # the seed-style loop runs the Keras model
 
     import_tensorflow_quietly()
-    from flexunet.train.evaluate import load_keras_model
+    from flexunet.runtime.backends.keras import load_keras_model
 
     kmodel = load_keras_model(args.keras)
     size = info.tile_size[0]

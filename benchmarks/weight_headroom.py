@@ -120,7 +120,7 @@ def measure(model_path: Path, args) -> dict:
     from flexunet.core.compare import compare
     from flexunet.export.onnx import onnx_predict, read_info
     from flexunet.export.tiles import tiles_from_images
-    from flexunet.core.config import load_config
+    from flexunet.core.config import CONFIG_FILENAME, load_config
     from flexunet.core.imageio import list_images
     from flexunet.train.dataset import split_pairs
 
@@ -131,7 +131,7 @@ def measure(model_path: Path, args) -> dict:
     else:
         cfg_path = args.config or next(
             (c for c in (Path(info.source_config_path) if info.source_config_path else None,
-                         model_path.resolve().parent.parent / "train_eval_infer.config") if c and c.is_file()), None)
+                         model_path.resolve().parent.parent / CONFIG_FILENAME) if c and c.is_file()), None)
         if cfg_path is None:
             raise SystemExit(f"error: {model_path}: its training config was not found; pass --config or --images")
         cfg = load_config(cfg_path, data_root=args.data_root)

@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from flexunet.export.cpu import MAX_FLOAT_SHARE
-from flexunet.cli import handle_errors, import_tensorflow_quietly
+from flexunet.core.console import handle_errors, import_tensorflow_quietly
 from flexunet.core.compare import TOLERANCES
 from flexunet.core.errors import EXIT_CODES_HELP
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from flexunet.core.errors import FlexunetError
+from flexunet.core.machine import cpu_has_vnni
 
 
 def optimize(src: Path, dest: Path) -> Path:
@@ -65,20 +66,6 @@ class _TileReader:
 
 
 WEIGHT_BITS = ("auto", "7", "8")
-
-
-def cpu_has_vnni() -> bool:
-    """Whether this CPU has VNNI (AVX512-VNNI or AVX-VNNI): 8-bit dot products without saturation."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[1].split())
-            break
-    return bool(flags & {"avx512_vnni", "avx_vnni"})
 
 
 def int8_weight_bits(choice: str = "auto") -> int:

@@ -15,11 +15,12 @@ from pathlib import Path
 
 from flexunet.export.cpu import MAX_FLOAT_SHARE
 from flexunet.core.atomic import write_text
-from flexunet.core.config import load_config
+from flexunet.core.config import CONFIG_FILENAME, load_config
 from flexunet.core.errors import FlexunetError, MissingDependencyError, ModelError, VerificationError
 from flexunet.core.modelinfo import ModelInfo
 
 from flexunet.core.compare import TOLERANCES, compare
+from flexunet.core.machine import cpu_has_vnni, library_versions
 from flexunet.export import onnx as ox
 
 INT8_MIN_DICE = TOLERANCES["int8"].min_dice
@@ -71,7 +72,7 @@ def find_config(model_path: Path, config: Path | None, data_root: Path | None) -
                 return Path(rec["config"]), root
         except (ValueError, KeyError, TypeError, OSError):
             log.warning(f"{record}: unreadable training record; using the config copy beside the model")
-    beside = model_path.parent / "train_eval_infer.config"
+    beside = model_path.parent / CONFIG_FILENAME
     if beside.is_file():
         return beside, data_root
     raise FlexunetError(f"{model_path}: no train_eval_infer.config beside the model; pass --config CONFIG "
@@ -95,7 +96,7 @@ def _check_model_matches(model, info: ModelInfo, model_path: Path, cfg_path: Pat
 
 def run_export(model_path: Path, opts: ExportOptions) -> dict:
     """Export, verify and write all requested artifacts; returns the report."""
-    from flexunet.train.evaluate import load_keras_model
+    from flexunet.runtime.backends.keras import load_keras_model
 
     from flexunet.export import cpu
     from flexunet.export import tiles
@@ -123,7 +124,7 @@ def run_export(model_path: Path, opts: ExportOptions) -> dict:
     info = ModelInfo.from_config(cfg, dynamic_size=opts.dynamic_size)
     _check_model_matches(model, info, model_path, cfg_path)
     info.keras_weights_sha256 = ox.keras_weights_sha256(model)
-    info.versions = ox.tool_versions()
+    info.versions = library_versions()
 
     calib = check = None
     if calibrate:  # read calibration data before any long work: a bad folder fails fast
@@ -183,7 +184,7 @@ def run_export(model_path: Path, opts: ExportOptions) -> dict:
                 "calibration": {"images": [str(p) for p in opts.calibration_images]
                                 if isinstance(opts.calibration_images, (list, tuple))
                                 else str(opts.calibration_images), "tiles": int(len(calib))},
-                "weight_bits": bits, "cpu_has_vnni": cpu.cpu_has_vnni(),
+                "weight_bits": bits, "cpu_has_vnni": cpu_has_vnni(),
                 "float_convolutions": tuning.float_nodes if tuning else [],
                 "tuning": tuning.to_dict() if tuning else None,
                 "vs_fp32": vs_fp32.to_dict(), "vs_keras": vs_keras.to_dict()}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flexunet.core.errors import FlexunetError, ModelError, VerificationError
+from flexunet.core.errors import FlexunetError, ModelError, VerificationError, first_line
 from flexunet.core.compare import TOLERANCES, Comparison
 from flexunet.core.modelinfo import ModelInfo
 
@@ -33,19 +33,6 @@ def keras_weights_sha256(model) -> str:
     return h.hexdigest()
 
 
-def tool_versions() -> dict:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for name in ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime-gpu", "onnxruntime", "numpy",
-                 "opencv-python-headless", "flexunet"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
-
 def convert(model, dest: Path, info: ModelInfo, opset: int = DEFAULT_OPSET) -> Path:
     """Convert a Keras model to ONNX at ``dest`` with ``info`` as metadata_props.
 
@@ -58,8 +45,7 @@ def convert(model, dest: Path, info: ModelInfo, opset: int = DEFAULT_OPSET) -> P
         export_keras_to_onnx(model, str(dest), opset=opset, dynamic_batch=True,
                              dynamic_size=info.height is None, metadata=info.to_metadata())
     except (ValueError, RuntimeError, NotImplementedError, TypeError, KeyError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ModelError(f"cannot convert the model to ONNX: {first[:300]}") from None
+        raise ModelError(f"cannot convert the model to ONNX: {first_line(exc)}") from None
     return dest
 
 

@@ -26,11 +26,10 @@ import numpy as np
 from flexunet.core.compare import mask_scores, num_labels
 from flexunet.runtime import parity as par
 from flexunet.core.atomic import atomic_dir, write_text
-from flexunet.core.config import Config, class_names, load_config
+from flexunet.core.config import CONFIG_FILENAME, Config, class_names, load_config
 from flexunet.core.errors import EXIT_FAILED, EXIT_OK, FlexunetError
 from flexunet.core.imageio import read_image, write_image
 
-CONFIG_NAME = "train_eval_infer.config"
 README_BEGIN = "<!-- flexunet project results -->"
 README_END = "<!-- end of results -->"
 SUMMARY_BEGIN = "<!-- flexunet projects summary -->"
@@ -59,12 +58,12 @@ def resolve_config(project: Path, config: Path | None = None) -> Path:
     elif Path(project).is_file():
         path = Path(project)
     else:
-        path = Path(project) / "reduced" / CONFIG_NAME
+        path = Path(project) / "reduced" / CONFIG_FILENAME
         if not path.is_file():
-            path = Path(project) / CONFIG_NAME
+            path = Path(project) / CONFIG_FILENAME
     if not path.is_file():
-        raise FlexunetError(f"{path}: no such config (a project folder holds {CONFIG_NAME} "
-                            f"and reduced/{CONFIG_NAME})")
+        raise FlexunetError(f"{path}: no such config (a project folder holds {CONFIG_FILENAME} "
+                            f"and reduced/{CONFIG_FILENAME})")
     return path
 
 

@@ -38,13 +38,10 @@ from typing import Callable, Sequence
 import numpy as np
 
 from flexunet.core.atomic import atomic_path, write_text
-from flexunet.runtime.backends.base import Backend, cpu_info, cpu_threads, load_backend
+from flexunet.core.machine import cpu_info, cpu_threads, library_versions
+from flexunet.runtime.backends import Backend, load_backend
 from flexunet.core.errors import FlexunetError, ImageReadError, MissingDependencyError
 from flexunet.core.imageio import expand_inputs, read_image, write_image
-
-#: Libraries whose versions are recorded (those installed).
-LIBRARIES = ("flexunet", "numpy", "opencv-python-headless", "onnxruntime-gpu", "onnxruntime", "onnx",
-             "tensorrt", "tensorflow", "keras", "tf2onnx", "psutil", "click", "matplotlib")
 
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8)
 
@@ -52,17 +49,6 @@ Progress = Callable[[str], None]
 
 
 # -- machine, statistics, memory ----------------------------------------------------------------------
-def library_versions(names: Sequence[str] = LIBRARIES) -> dict[str, str]:
-    """Installed versions of ``names`` (from package metadata; nothing is imported)."""
-    versions = {}
-    for name in names:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return versions
-
-
 def machine() -> dict:
     """Platform, Python, CPU model, cores (and those this process may use), RAM, the SIMD flags
     that matter for inference (AVX*, AMX, VNNI), and library versions."""

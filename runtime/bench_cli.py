@@ -10,7 +10,7 @@ import click
 
 from flexunet.runtime.backends.base import BACKENDS
 from flexunet.runtime.bench import DEFAULT_BATCH_SIZES, parse_batch_sizes, run_bench, write_reports
-from flexunet.cli import handle_errors
+from flexunet.core.console import handle_errors
 from flexunet.core.errors import EXIT_SKIPPED
 from flexunet.runtime.infer_cli import TileSize
 from flexunet.core.tiling import BLEND_MODES

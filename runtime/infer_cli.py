@@ -13,7 +13,7 @@ from typing import TextIO
 import click
 
 from flexunet.runtime.backends.base import BACKENDS
-from flexunet.cli import handle_errors
+from flexunet.core.console import handle_errors
 from flexunet.core.errors import EXIT_CODES_HELP, EXIT_SKIPPED, FlexunetError
 from flexunet.core.imageio import expand_inputs
 from flexunet.runtime.segmenter import FIT, ProgressEvent, RunSummary, Segmenter

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from flexunet.cli import handle_errors
+from flexunet.core.console import handle_errors
 from flexunet.runtime.infer_cli import TileSize
 from flexunet.core.compare import describe_defaults
 from flexunet.runtime.parity import run_parity, write_reports

@@ -37,8 +37,9 @@ import numpy as np
 from flexunet.core import masks
 from flexunet.runtime import postprocess
 from flexunet.core.atomic import atomic_path, write_text
-from flexunet.runtime.backends.base import Backend, as_backend, load_backend
+from flexunet.runtime.backends import Backend, as_backend, load_backend
 from flexunet.core.errors import FlexunetError, ImageReadError, ModelError
+from flexunet.core.machine import sha256_file
 from flexunet.core.imageio import expand_inputs, read_image, write_image
 from flexunet.core.modelinfo import ModelInfo
 from flexunet.runtime.pipeline import Layout, Pipeline, SlideTask
@@ -167,12 +168,9 @@ def output_names(paths: Sequence[Path]) -> list[str]:
 
 def model_digest(backend: Backend) -> str:
     """SHA-256 of the model file (if any) and of its ModelInfo: identifies what produced outputs."""
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(backend.info.to_json().encode("utf-8"))
     if backend.path is not None and Path(backend.path).is_file():
-        with open(backend.path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    digest.update(backend.info.to_json().encode("utf-8"))
+        sha256_file(backend.path, digest)
     return digest.hexdigest()
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from flexunet.core import tiling
 from flexunet.core.tiling import (
+    BLEND_MODES,
     Stitcher,
     TileGrid,
     blend_window,
@@ -17,7 +18,6 @@ from flexunet.core.tiling import (
     tile_starts,
 )
 
-BLEND_MODES = ("none", "cosine", "gaussian")
 
 
 def _random_geometries(n: int, seed: int = 0):

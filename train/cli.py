@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from flexunet.cli import handle_errors, import_tensorflow_quietly
+from flexunet.core.console import handle_errors, import_tensorflow_quietly
 from flexunet.core.config import load_config
 from flexunet.core.errors import EXIT_INTERRUPTED
 

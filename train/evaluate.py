@@ -6,7 +6,6 @@ Keras loss/metric), followed by the mask dice computed with :mod:`runtime.metric
 """
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,25 +18,8 @@ from flexunet.core.masks import labels_from_probabilities
 from flexunet.core.metrics import dice, per_class_dice
 
 from flexunet.train import dataset as ds
-from flexunet.train.trainer import BEST_MODEL_FILE
-
-
-def load_keras_model(path: Path):
-    """Load a .keras model; a missing or unreadable file is a one-line ModelError."""
-    import keras
-
-    from flexunet.train import losses  # noqa: F401  (registers the custom losses/metrics)
-
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"{path}: no such model file (train first, or pass --model)")
-    if not zipfile.is_zipfile(path):
-        raise ModelError(f"{path}: cannot load model: not a Keras archive (corrupt or wrong format)")
-    try:
-        return keras.models.load_model(path, compile=True)
-    except Exception as exc:  # Keras raises many types for corrupt archives
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{path}: cannot load model ({first[:200]})") from None
+from flexunet.runtime.backends.keras import load_keras_model
+from flexunet.train.trainer import BEST_MODEL_FILE, compile_model
 
 
 @dataclass
@@ -54,7 +36,10 @@ def evaluate(cfg: Config, model_path: Path | None = None) -> Evaluation:
     pairs = ds.split_pairs(cfg, "test")
     if not pairs:
         raise cfg.error("test", "image_datapath", "missing: evaluation needs a [test] split")
+    if not model_path.is_file():
+        raise ModelError(f"{model_path}: no such model file (train first, or pass --model)")
     model = load_keras_model(model_path)
+    compile_model(cfg, model)  # the config's loss and metrics, as in training
     maker = ds.SampleMaker(cfg)
     expected = (cfg.model.image_height, cfg.model.image_width, cfg.model.image_channels)
     got = tuple(model.input_shape[1:])

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from flexunet.core.atomic import atomic_path, write_text
-from flexunet.core.config import Config, class_colors
+from flexunet.core.config import CONFIG_FILENAME, Config, class_colors
 from flexunet.core.errors import ConfigError, EXIT_INTERRUPTED, FlexunetError
 from flexunet.core.imageio import list_images, read_image, write_image
 from flexunet.core.masks import colorize, labels_from_probabilities
@@ -334,7 +334,7 @@ def train(cfg: Config, epochs: int | None = None) -> TrainResult:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise FlexunetError(f"{folder}: cannot create folder ({exc.strerror or exc})") from None
-    shutil.copy2(cfg.path, t.model_dir / "train_eval_infer.config")
+    shutil.copy2(cfg.path, t.model_dir / CONFIG_FILENAME)
     write_text(t.model_dir / TRAINING_RECORD, json.dumps({
         "config": str(cfg.path), "data_root": str(cfg.data_root) if cfg.data_root else None,
         "started": datetime.now().isoformat(timespec="seconds")}, indent=2) + "\n")

@@ -1,7 +1,81 @@
-"""Inference backends behind one small interface (see :mod:`runtime.backends.base`).
+"""Inference backends behind one small interface (:mod:`flexunet.runtime.backends.base`), and
+:func:`load_backend`, which picks one for a model file.
 
 Importing this package loads no inference library; :func:`load_backend` imports the one asked for.
+Backend modules import only :mod:`~flexunet.runtime.backends.base` and the core, never this
+factory, so there is no import circle.
 """
-from flexunet.runtime.backends.base import BACKENDS, Backend, load_backend
+from __future__ import annotations
 
-__all__ = ["BACKENDS", "Backend", "load_backend"]
+import importlib
+import importlib.util
+import os
+from pathlib import Path
+
+from flexunet.core.errors import FlexunetError, MissingDependencyError, ModelError
+from flexunet.runtime.backends.base import AUTO_BACKEND, BACKENDS, TENSORRT_MISSING, Backend, as_backend
+
+__all__ = ["BACKENDS", "Backend", "as_backend", "load_backend"]
+
+
+def load_backend(model_path: str | os.PathLike, backend: str = "auto", threads: int | None = None,
+                 config: str | os.PathLike | None = None) -> Backend:
+    """Load a model with the backend asked for.
+
+    Args:
+        model_path: an ``.onnx`` model, a ``.keras`` model, or a TensorRT ``.engine``/``.plan``.
+        backend: one of :data:`BACKENDS`.  ``auto`` picks by file type: ONNX Runtime with its
+            fastest usable execution provider for ``.onnx``, Keras for ``.keras``, native TensorRT
+            for engines.  ``backend.name`` says what was chosen.
+        threads: CPU threads for ONNX Runtime (default: all cores this process may use).
+        config: the training config of a ``.keras`` model (default: the
+            ``train_eval_infer.config`` beside it); only valid with Keras.
+
+    Raises:
+        ModelError: missing, corrupt or unsupported model file, or a backend that cannot run it.
+        MissingDependencyError: the backend asked for cannot run here.
+        FlexunetError: an unknown backend name or options that do not apply.
+    """
+    path = Path(model_path)
+    if backend not in BACKENDS:
+        raise FlexunetError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if not path.is_file():
+        raise ModelError(f"{path}: no such model file")
+    suffix = path.suffix.lower()
+    if suffix not in AUTO_BACKEND:
+        raise ModelError(f"{path}: unsupported model type {suffix or '(no suffix)'!r}; "
+                         "expected .onnx, .keras, .engine or .plan")
+    kind = AUTO_BACKEND[suffix] if backend == "auto" else backend
+    if config is not None and kind != "keras":
+        raise FlexunetError("--config applies to .keras models only (an exported model carries "
+                            "its own metadata)")
+    if kind == "keras":
+        if suffix != ".keras":
+            raise ModelError(f"{path}: the keras backend loads .keras models only")
+        from flexunet.runtime.backends import keras as keras_backend
+
+        return keras_backend.load(path, config=config)
+    if kind == "tensorrt":
+        return _load_tensorrt(path)
+    if suffix != ".onnx":
+        hint = "export it to ONNX" if suffix == ".keras" else "use --backend tensorrt"
+        raise ModelError(f"{path}: {kind} runs .onnx models; {hint}")
+    from flexunet.runtime.backends import onnx as onnx_backend
+
+    return onnx_backend.load(path, provider=kind.partition("-")[2] or None, threads=threads)
+
+
+def _load_tensorrt(path: Path) -> Backend:
+    """The native TensorRT backend, when its module is part of this installation."""
+    name = f"{__package__}.tensorrt"
+    try:
+        found = importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        found = False
+    if not found:
+        raise MissingDependencyError(f"{path}: {TENSORRT_MISSING}")
+    try:
+        module = importlib.import_module(name)
+    except ImportError as exc:
+        raise MissingDependencyError(f"{path}: {TENSORRT_MISSING} ({exc})") from None
+    return as_backend(module.TensorRTBackend(path), path)

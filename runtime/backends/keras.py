@@ -6,16 +6,17 @@ config: the ``train_eval_infer.config`` copy training writes beside the model, o
 """
 from __future__ import annotations
 
-import importlib
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from flexunet.core.config import CONFIG_FILENAME, load_config
-from flexunet.core.errors import MissingDependencyError, ModelError
+from flexunet.core.console import import_tensorflow_quietly
+from flexunet.core.errors import MissingDependencyError, ModelError, first_line
 from flexunet.core.modelinfo import ModelInfo
-from flexunet.runtime.backends.base import Backend, check_channels, first_line
+from flexunet.runtime.backends.base import Backend, check_channels
 
 
 class KerasBackend(Backend):
@@ -37,11 +38,9 @@ class KerasBackend(Backend):
             raise ModelError(f"{self.path}: no {CONFIG_FILENAME} beside the model; pass --config "
                              "with its training config, or export it to ONNX (which carries its own metadata)")
         info = ModelInfo.from_config(load_config(config_path))
-        keras = _import_keras()
-        try:
-            self.model = keras.models.load_model(self.path, compile=False)
-        except (OSError, ValueError, TypeError) as exc:
-            raise ModelError(f"{self.path}: cannot load the Keras model ({first_line(exc)})") from None
+        self.model = load_keras_model(self.path)
+        import keras
+
         _, height, width, channels = self.model.input_shape
         check_channels(self.path, info, channels)
         if height is not None and width is not None:
@@ -59,11 +58,20 @@ class KerasBackend(Backend):
         self.model = None
 
 
-def _import_keras():
-    """keras, with TensorFlow's start-up logging hidden and the project's custom objects
-    (losses and metrics) registered when the training package is installed."""
-    from flexunet.cli import import_tensorflow_quietly
+def load_keras_model(path: str | os.PathLike):
+    """The one Keras model loader of flexunet: a ``.keras`` archive loaded for inference
+    (``compile=False``: no loss or metric is deserialised, so nothing of the training package is
+    needed). Training code compiles the model itself when it evaluates.
 
+    Raises:
+        ModelError: a missing file, a file that is not a Keras archive, or one Keras cannot load.
+        MissingDependencyError: TensorFlow is not installed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: no such model file")
+    if not zipfile.is_zipfile(path):
+        raise ModelError(f"{path}: cannot load model: not a Keras archive (corrupt or wrong format)")
     try:
         import_tensorflow_quietly()
         import keras
@@ -71,10 +79,9 @@ def _import_keras():
         raise MissingDependencyError(f"the keras backend needs TensorFlow ({exc}); install it with "
                                      "pip install 'flexunet[train]', or export the model to ONNX") from None
     try:
-        importlib.import_module("flexunet.train.losses")
-    except ModuleNotFoundError:
-        pass  # a runtime-only installation: nothing custom is needed with compile=False
-    return keras
+        return keras.models.load_model(path, compile=False)
+    except Exception as exc:  # Keras raises many types for corrupt or foreign archives
+        raise ModelError(f"{path}: cannot load model ({first_line(exc, 200)})") from None
 
 
 def _tensorflow_version() -> str:

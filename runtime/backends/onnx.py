@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from flexunet.core.errors import MissingDependencyError, ModelError
+from flexunet.core.errors import MissingDependencyError, ModelError, first_line
 from flexunet.core.modelinfo import ModelInfo
-from flexunet.runtime.backends.base import Backend, check_channels, cpu_threads, first_line
+from flexunet.core.machine import cpu_threads
+from flexunet.runtime.backends.base import Backend, check_channels
 
 #: Execution providers by the short name ``--backend onnxruntime-<name>`` uses, fastest first.
 PROVIDERS = {

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flexunet.core.errors import FlexunetError, MissingDependencyError, ModelError
+from flexunet.core.errors import FlexunetError, MissingDependencyError, ModelError, first_line
 from flexunet.core.modelinfo import ModelInfo
 from flexunet.runtime.backends.base import Backend
 
@@ -153,10 +153,6 @@ def load_engine_checked(engine_path: str | Path, current: dict | None = None,
 # ------------------------------------------------------------------------------------------------
 # lazy imports, availability and the CUDA runtime
 # ------------------------------------------------------------------------------------------------
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
-
-
 def _import_cudart():
     """cuda-python's runtime module: ``cuda.bindings.runtime`` (>= 12.6) or ``cuda.cudart`` (older)."""
     try:
@@ -176,7 +172,7 @@ def import_tensorrt():
     try:
         return importlib.import_module("tensorrt")
     except Exception as exc:  # ImportError, or OSError from a missing libnvinfer
-        raise MissingDependencyError(f"TensorRT cannot be loaded ({_one_line(exc)}); pip install tensorrt") from None
+        raise MissingDependencyError(f"TensorRT cannot be loaded ({first_line(exc)}); pip install tensorrt") from None
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:
@@ -226,7 +222,7 @@ def check_available(device: int = 0) -> str | None:
     except ImportError:
         return "cuda-python is not installed (pip install cuda-python)"
     except Exception as exc:
-        return f"cuda-python cannot be loaded ({_one_line(exc)})"
+        return f"cuda-python cannot be loaded ({first_line(exc)})"
     try:
         trt = import_tensorrt()
     except MissingDependencyError as exc:
@@ -238,7 +234,7 @@ def check_available(device: int = 0) -> str | None:
     try:
         err, count = rt.cudaGetDeviceCount()
     except Exception as exc:
-        return f"no CUDA GPU found ({_one_line(exc)})"
+        return f"no CUDA GPU found ({first_line(exc)})"
     if err != rt.cudaError_t.cudaSuccess:
         return f"no CUDA GPU found ({_cuda_error_text(err)})"
     if count < 1:
@@ -288,7 +284,7 @@ def trt_logger(trt):
 
             def log(self, level, msg):
                 if level in (severity.INTERNAL_ERROR, severity.ERROR):
-                    self.errors.append(_one_line(msg))
+                    self.errors.append(first_line(msg))
                     log.info("TensorRT: %s", msg)
                 elif level == severity.WARNING:
                     log.info("TensorRT: %s", msg)

@@ -29,6 +29,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
 from flexunet.core.errors import ConfigError
+from flexunet.core.tiling import BLEND_MODES
 
 log = logging.getLogger("flexunet")
 
@@ -50,7 +51,6 @@ UNET_MODEL_NAMES = (
     "TensorflowSlightlyFlexibleUNet", "UNet",
 )
 ACTIVATIONS = ("relu", "elu", "selu", "gelu", "silu", "swish", "leaky_relu", "tanh", "mish", "relu6")
-BLEND_MODES = ("cosine", "gaussian", "none")
 
 # Named colours accepted by [segmentation] black/white (RGB).
 NAMED_COLORS = {

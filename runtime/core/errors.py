@@ -19,6 +19,15 @@ EXIT_CODES_HELP = (
 )
 
 
+def first_line(exc: BaseException | str, limit: int = 300) -> str:
+    """The first line of an exception's message (its type name when it has none), at most ``limit``
+    characters: what a one-line error quotes of a library's exception."""
+    text = str(exc).strip()
+    if not text:
+        return type(exc).__name__ if isinstance(exc, BaseException) else ""
+    return text.splitlines()[0][:limit]
+
+
 class FlexunetError(Exception):
     """An error caused by the user's input or environment, reported in one line."""
 
