@@ -20,7 +20,7 @@ COMMANDS = {
     "train": "flexunet.train.cli:train_cmd",
     "evaluate": "flexunet.train.cli:evaluate_cmd",
     "export": "flexunet.export.cli:export_cmd",
-    "project": "flexunet.export.cli:project_cmd",
+    "project": "flexunet.projects.cli:project_cmd",
     "infer": "flexunet.runtime.infer_cli:infer_cmd",
     "parity": "flexunet.runtime.parity_cli:parity_cmd",
     "bench": "flexunet.runtime.bench_cli:bench_cmd",

@@ -1,7 +1,7 @@
-"""Shared helpers for benchmark scripts: timing and result files.
+"""Shared helpers for benchmark scripts: interleaved timing and result files.
 
 The machine description, latency percentiles and peak-RSS sampler are the runtime's own
-(:mod:`runtime.bench`, behind ``flexunet bench``), re-exported here.
+(:mod:`flexunet.runtime.measure`, which ``flexunet bench`` uses), re-exported here.
 """
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flexunet.runtime.bench import PeakRSS, machine, percentiles  # noqa: E402,F401
+from flexunet.core.atomic import write_text  # noqa: E402
+from flexunet.runtime.measure import PeakRSS, machine, percentiles  # noqa: E402,F401
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -44,14 +45,8 @@ def timeit_interleaved(fns: dict, repeat: int, warmup: int = 1, settle: int = 1)
 
 def write_results(name: str, data: dict, markdown: str | None = None) -> Path:
     """benchmarks/results/<name>.json (+ .md), with the machine description."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
     data = {"benchmark": name, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(), **data}
-    path = RESULTS / f"{name}.json"
-    tmp = path.with_suffix(".json.part")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
+    path = write_text(RESULTS / f"{name}.json", json.dumps(data, indent=2) + "\n")
     if markdown is not None:
-        md = RESULTS / f"{name}.md"
-        md.with_suffix(".md.part").write_text(markdown)
-        md.with_suffix(".md.part").replace(md)
+        write_text(RESULTS / f"{name}.md", markdown)
     return path

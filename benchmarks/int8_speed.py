@@ -39,8 +39,9 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--int8-weights", choices=["auto", "7", "8"], default="auto")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
-                    help="also time an INT8 variant made by export.cpu.quantize_int8 with these keyword "
-                         "arguments, e.g. first_fp32:float_first_conv=1 or plain:rewrite=0 (repeatable)")
+                    help="also time an INT8 variant made by flexunet.export.int8_quantize.quantize_int8 "
+                         "with these keyword arguments, e.g. first_fp32:float_first_conv=1 or plain:rewrite=0 "
+                         "(repeatable)")
     ap.add_argument("--name", default="int8_speed")
     args = ap.parse_args(argv)
 
@@ -48,10 +49,11 @@ def main(argv=None):
 
     import_tensorflow_quietly()
     from flexunet.core.compare import compare
-    from flexunet.export import onnx as ox
-    from flexunet.export.exporter import ExportOptions, find_config, run_export
-    from flexunet.export.tiles import tiles_from_images
     from flexunet.core.config import load_config
+    from flexunet.export.exporter import ExportOptions, find_config, run_export
+    from flexunet.export.onnx import read_info
+    from flexunet.export.tiles import tiles_from_images
+    from flexunet.export.verify import predict_batches
     from flexunet.core.imageio import list_images
     from flexunet.train.dataset import split_pairs
 
@@ -67,19 +69,19 @@ def main(argv=None):
             out_dir=out, config=cfg_path, data_root=data_root, int8=True,
             calibration_images=calib_images, calibration_count=args.calibration_count, int8_min_dice=0.0,
             int8_weights=args.int8_weights, int8_target_dice=args.int8_target_dice))
-        info = ox.read_info(out / "model.onnx")
+        info = read_info(out / "model.onnx")
         tiles = tiles_from_images(test_images, info, args.tiles, seed=12345)
         from flexunet.runtime.backends.onnx import OnnxBackend
 
         # sessions timed in turn: no thread spinning (see timeit_interleaved)
         fp32 = OnnxBackend(out / "model.onnx", provider="cpu", threads=args.threads, spinning=False)
         int8 = OnnxBackend(out / "model.int8.onnx", provider="cpu", threads=args.threads, spinning=False)
-        p32 = ox.predict_batches(fp32.predict, tiles)
-        p8 = ox.predict_batches(int8.predict, tiles)
+        p32 = predict_batches(fp32.predict, tiles)
+        p8 = predict_batches(int8.predict, tiles)
         agree = compare(p32, p8, info.threshold)
         variants = {}
         if args.variant:
-            from flexunet.export import cpu
+            from flexunet.export.int8_quantize import quantize_int8
             from flexunet.export.tiles import calibration_tiles
 
             calib = calibration_tiles(calib_images, info, args.calibration_count)
@@ -87,9 +89,9 @@ def main(argv=None):
             for spec in args.variant:
                 vname, kw = _variant(spec)
                 path = out / f"model.{vname}.onnx"
-                cpu.quantize_int8(out / "model.onnx", path, calib, info.input_name, **{"weight_bits": bits, **kw})
+                quantize_int8(out / "model.onnx", path, calib, info.input_name, **{"weight_bits": bits, **kw})
                 backend = OnnxBackend(path, provider="cpu", threads=args.threads, spinning=False)
-                va = compare(p32, ox.predict_batches(backend.predict, tiles), info.threshold)
+                va = compare(p32, predict_batches(backend.predict, tiles), info.threshold)
                 variants[vname] = {"options": kw, "backend": backend, "vs_fp32": va.to_dict()}
         rows = []
         for bs in [int(b) for b in args.batch_sizes.split(",")]:

@@ -10,7 +10,7 @@ changed, activations left in FP32, and each variant's masks are compared with th
 
 * ``fp16 weights``: every weight rounded to float16;
 * ``int8 weights``: every weight rounded as the INT8 export rounds it (per output channel,
-  symmetric, 127 levels, export.cpu.int8_rounded) -- the INT8 model's weights without its
+  symmetric, 127 levels, flexunet.export.int8_bias.int8_rounded) -- the INT8 model's weights without its
   activation rounding;
 * ``int8 weights, bias-corrected``: the same, each layer's bias absorbing the mean error of its
   rounded weights on the calibration tiles (tiles of the [train] images; the export does this for
@@ -51,14 +51,14 @@ def perturbed(model, change, only: str | None = None, input_means: dict | None =
 
     ``input_means`` (input tensor name -> per-channel mean, see :func:`input_means`): each changed
     layer's bias also absorbs the mean output error of its changed weights
-    (:func:`export.cpu.rounding_bias_shift`, the export's first-layer correction; for a
+    (:func:`flexunet.export.int8_bias.rounding_bias_shift`, the export's first-layer correction; for a
     ConvTranspose divided by its stride area, the factor by which its outputs outnumber its
     inputs)."""
     import copy
 
     from onnx import helper, numpy_helper
 
-    from flexunet.export.cpu import rounding_bias_shift, subtract_from_bias
+    from flexunet.export.int8_bias import rounding_bias_shift, subtract_from_bias
 
     model = copy.deepcopy(model)
     inits = {i.name: i for i in model.graph.initializer}
@@ -116,12 +116,13 @@ def measure(model_path: Path, args) -> dict:
     """Every variant's mask dice vs ``model_path`` on tiles of its held-out images."""
     import onnx
 
-    from flexunet.export.cpu import int8_rounded
     from flexunet.core.compare import compare
-    from flexunet.export.onnx import onnx_predict, read_info
-    from flexunet.export.tiles import tiles_from_images
     from flexunet.core.config import CONFIG_FILENAME, load_config
     from flexunet.core.imageio import list_images
+    from flexunet.export.int8_bias import int8_rounded
+    from flexunet.export.onnx import read_info
+    from flexunet.export.tiles import tiles_from_images
+    from flexunet.export.verify import onnx_predict
     from flexunet.train.dataset import split_pairs
 
     info = read_info(model_path)

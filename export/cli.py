@@ -5,10 +5,12 @@ from pathlib import Path
 
 import click
 
-from flexunet.export.cpu import MAX_FLOAT_SHARE
 from flexunet.core.console import handle_errors, import_tensorflow_quietly
 from flexunet.core.compare import TOLERANCES
 from flexunet.core.errors import EXIT_CODES_HELP
+from flexunet.export.int8_search import MAX_FLOAT_SHARE
+
+INT8_DICE = TOLERANCES["int8"].min_dice
 
 
 @click.command("export", epilog=EXIT_CODES_HELP)
@@ -27,14 +29,14 @@ from flexunet.core.errors import EXIT_CODES_HELP
               help="Folder of real images whose tiles calibrate INT8 (ONNX and TensorRT).")
 @click.option("--calibration-count", type=click.IntRange(1), default=64, show_default=True,
               help="Number of calibration tiles.")
-@click.option("--int8-min-dice", type=click.FloatRange(0, 1), default=TOLERANCES["int8"].min_dice, show_default=True,
-              help="Refuse the INT8 model if its mask dice against FP32 is lower [default: the int8 tolerance].")
-@click.option("--int8-target-dice", type=click.FloatRange(0, 1), default=TOLERANCES["int8"].min_dice,
-              show_default=True,
+@click.option("--int8-min-dice", type=click.FloatRange(0, 1), default=INT8_DICE,
+              help="Refuse an INT8 model (ONNX or TensorRT engine) whose mask dice against the FP32 model is "
+                   f"lower [default: the int8 tolerance, {INT8_DICE}].")
+@click.option("--int8-target-dice", type=click.FloatRange(0, 1), default=INT8_DICE,
               help="Mixed precision: keep convolutions in FP32, most dice gained per estimated cost first, "
                    "until INT8 agrees with FP32 at this mask dice on calibration tiles held out of "
                    "calibration (within --int8-max-float and --int8-max-float-share); 0 quantises every "
-                   "convolution.")
+                   f"convolution [default: the int8 tolerance, {INT8_DICE}].")
 @click.option("--int8-max-float", type=click.IntRange(0), default=8, show_default=True,
               help="Most convolutions the mixed-precision search may keep in FP32.")
 @click.option("--int8-max-float-share", type=click.FloatRange(0, 1), default=MAX_FLOAT_SHARE,
@@ -45,7 +47,7 @@ from flexunet.core.errors import EXIT_CODES_HELP
               help="INT8 weight range: 8 bits, or 7 bits for CPUs without VNNI (whose kernels saturate "
                    "with 8-bit weights); auto picks by this machine's CPU.")
 @click.option("--trt", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
-              help="Build a TensorRT engine (needs TensorRT and a CUDA GPU).")
+              help="Build a TensorRT engine (needs TensorRT and a CUDA GPU), verified like the ONNX models.")
 @click.option("--min-batch", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--opt-batch", type=click.IntRange(1), default=4, show_default=True)
 @click.option("--max-batch", type=click.IntRange(1), default=8, show_default=True)
@@ -57,10 +59,7 @@ def export_cmd(model, out_dir, config, data_root, dynamic_size, opset, optimize,
                int8_weights, trt, min_batch, opt_batch, max_batch, triton_repo):
     """Export MODEL (.keras) to ONNX with metadata, verified against Keras; optionally optimised and
     INT8 ONNX, a TensorRT engine and a Triton repository."""
-    if not (min_batch <= opt_batch <= max_batch):
-        raise click.BadParameter("need --min-batch <= --opt-batch <= --max-batch")
-    import_tensorflow_quietly()
-    from flexunet.export.exporter import ExportOptions, run_export
+    from flexunet.export.exporter import ExportOptions, check_options, run_export
 
     opts = ExportOptions(out_dir=out_dir, config=config, data_root=data_root, dynamic_size=dynamic_size,
                          opset=opset, optimize=optimize, int8=int8, calibration_images=calibration_images,
@@ -69,6 +68,8 @@ def export_cmd(model, out_dir, config, data_root, dynamic_size, opset, optimize,
                          int8_max_float_share=int8_max_float_share,
                          int8_weights=int8_weights, trt=trt,
                          min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, triton_repo=triton_repo)
+    check_options(model, opts)  # a refused command says so before TensorFlow's slow import
+    import_tensorflow_quietly()
     report = run_export(model, opts)
     for name, a in report["artifacts"].items():
         figures = a.get("vs_fp32") or a.get("vs_keras") or {}
@@ -99,33 +100,3 @@ def int8_shortfall(name: str, tuning: dict | None) -> str | None:
             f"{100 * tuning['max_float_share']:.0f}% of multiply-adds in FP32 (--int8-max-float-share); "
             "check it with flexunet parity before use (benchmarks/weight_headroom.py shows whether any "
             "INT8 version of the model can pass)")
-
-
-@click.command("project", epilog=EXIT_CODES_HELP)
-@click.argument("project", type=click.Path(path_type=Path))
-@click.option("--data-root", type=click.Path(path_type=Path), default=None,
-              help="Folder holding the datasets (e.g. ../shared/data): the config's dataset paths are re-rooted here.")
-@click.option("--config", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Config to run [default: PROJECT/reduced/train_eval_infer.config, the CPU-sized variant].")
-@click.option("--skip-train", is_flag=True, help="Reuse the trained model in the config's model_dir.")
-@click.option("--epochs", type=click.IntRange(1), default=None, help="Override [train] epochs.")
-@handle_errors
-def project_cmd(project, data_root, config, skip_train, epochs):
-    """Run a dataset project end to end: train, evaluate on the held-out [test] split, export ONNX
-    FP32 + INT8, tiled inference on the held-out images, parity of both against Keras, throughput.
-
-    PROJECT is a project folder (projects/IHC) or a config file. Reports go beside the config
-    (results/, parity/, out/, export/); the project's README and projects/README.md get the figures.
-    Exit code 1 when an exported model fails its parity check.
-    """
-    import sys
-
-    from flexunet.export.project import parity_failures, resolve_config, run_project
-
-    path = resolve_config(project, config)
-    import_tensorflow_quietly()
-    results, code = run_project(path, data_root, skip_train=skip_train, epochs=epochs,
-                                say=lambda line: click.echo(line))
-    for line in parity_failures(results):
-        click.echo(f"error: {line}", err=True)
-    sys.exit(code)

@@ -1,4 +1,9 @@
-"""``flexunet export``: every artifact is written under a temporary name, verified, then renamed.
+"""``flexunet export`` as a sequence: the options checked, the model and tiles read, one step per
+artifact built and verified (:mod:`flexunet.export.steps`), everything renamed into place together.
+
+Nothing is written before every option has been checked and the config, the Keras model and the
+tiles have been read; the artifacts are then built in a temporary folder inside OUT and appear
+together, with ``export_report.json``, or not at all (:mod:`flexunet.export.staging`).
 
 Artifacts in OUT: ``model.onnx`` (FP32, metadata), optionally ``model.opt.onnx`` (ONNX Runtime
 optimised), ``model.int8.onnx`` (static QDQ INT8), ``model.<precision>.engine`` (TensorRT) and a
@@ -6,24 +11,30 @@ Triton repository; ``export_report.json`` records figures, versions, sizes and t
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from flexunet.export.cpu import MAX_FLOAT_SHARE
-from flexunet.core.atomic import write_text
-from flexunet.core.config import CONFIG_FILENAME, load_config
-from flexunet.core.errors import FlexunetError, MissingDependencyError, ModelError, VerificationError
-from flexunet.core.modelinfo import ModelInfo
+import numpy as np
 
-from flexunet.core.compare import TOLERANCES, compare
-from flexunet.core.machine import cpu_has_vnni, library_versions
-from flexunet.export import onnx as ox
+from flexunet.core.compare import TOLERANCES
+from flexunet.core.config import CONFIG_FILENAME, load_config
+from flexunet.core.errors import FlexunetError, MissingDependencyError, ModelError
+from flexunet.core.machine import library_versions
+from flexunet.core.modelinfo import ModelInfo
+from flexunet.export import tiles
+from flexunet.export.int8_quantize import int8_weight_bits
+from flexunet.export.int8_search import MAX_FLOAT_SHARE
+from flexunet.export.onnx import DEFAULT_OPSET
+from flexunet.export.staging import Staging, check_folder
+from flexunet.export.steps import TRITON_MODEL, ExportContext, plan, timed, triton_repository
+from flexunet.export.verify import keras_predict
 
 INT8_MIN_DICE = TOLERANCES["int8"].min_dice
+REPORT = "export_report.json"
 
 log = logging.getLogger("flexunet")
 #: Calibration-image tiles held out of calibration to check (and tune) INT8 against FP32.
@@ -32,11 +43,14 @@ INT8_CHECK_TILES = 16
 
 @dataclass
 class ExportOptions:
+    """The options of one export: ``flexunet export``'s flags, with the same defaults (the INT8
+    dice limits from :data:`~flexunet.core.compare.TOLERANCES`)."""
+
     out_dir: Path
     config: Path | None = None
     data_root: Path | None = None
     dynamic_size: bool = False
-    opset: int = ox.DEFAULT_OPSET
+    opset: int = DEFAULT_OPSET
     optimize: bool = False
     int8: bool = False
     calibration_images: Path | list[Path] | None = None  # a folder, or image files
@@ -52,7 +66,47 @@ class ExportOptions:
     max_batch: int = 8
     triton_repo: Path | None = None
     verify_tiles: int = 16
-    report: dict = field(default_factory=dict)
+
+
+def check_options(model_path: Path, opts: ExportOptions) -> None:
+    """Refuse (one-line FlexunetError) what would make the export fail, before anything is read at
+    length or written: a missing model, bad batch sizes, precision or weight bits, ``--trt``
+    without TensorRT, INT8 without calibration images (or with a folder holding none), and
+    output or Triton folders that cannot be written."""
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise ModelError(f"{model_path}: no such model file")
+    if not 1 <= opts.min_batch <= opts.opt_batch <= opts.max_batch:
+        raise FlexunetError("need 1 <= --min-batch <= --opt-batch <= --max-batch "
+                            f"(got {opts.min_batch}, {opts.opt_batch}, {opts.max_batch})")
+    if opts.int8:
+        int8_weight_bits(opts.int8_weights)
+    if opts.trt:
+        _check_tensorrt(opts.trt)
+    if opts.int8 and opts.calibration_images is None:
+        raise FlexunetError("--int8 needs --calibration-images DIR (real images to calibrate on)")
+    if _calibrates(opts):
+        tiles.calibration_paths(opts.calibration_images)
+    check_folder(opts.out_dir, "output folder")
+    if opts.triton_repo is not None:
+        check_folder(opts.triton_repo, "Triton repository")
+
+
+def _check_tensorrt(precision: str) -> None:
+    from flexunet.export.tensorrt import PRECISIONS, check_available
+
+    if precision not in PRECISIONS:
+        raise FlexunetError(f"--trt must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+
+    reason = check_available()
+    if reason:
+        raise MissingDependencyError(f"--trt {precision}: {reason}")
+
+
+def _calibrates(opts: ExportOptions) -> bool:
+    """INT8 ONNX calibrates on the calibration tiles; ``--trt int8`` on the same tiles when there
+    are any (else on its calibration cache alone)."""
+    return opts.int8 or (opts.trt == "int8" and opts.calibration_images is not None)
 
 
 def find_config(model_path: Path, config: Path | None, data_root: Path | None) -> tuple[Path, Path | None]:
@@ -75,7 +129,7 @@ def find_config(model_path: Path, config: Path | None, data_root: Path | None) -
     beside = model_path.parent / CONFIG_FILENAME
     if beside.is_file():
         return beside, data_root
-    raise FlexunetError(f"{model_path}: no train_eval_infer.config beside the model; pass --config CONFIG "
+    raise FlexunetError(f"{model_path}: no {CONFIG_FILENAME} beside the model; pass --config CONFIG "
                         "(it defines pre-processing, classes and colours stored in the export)")
 
 
@@ -94,129 +148,74 @@ def _check_model_matches(model, info: ModelInfo, model_path: Path, cfg_path: Pat
         raise ModelError(f"{model_path}: does not match {cfg_path}: " + "; ".join(problems))
 
 
-def run_export(model_path: Path, opts: ExportOptions) -> dict:
-    """Export, verify and write all requested artifacts; returns the report."""
+def keras_weights_sha256(model) -> str:
+    """sha256 over the model's weights (names, shapes and bytes), independent of file format."""
+    h = hashlib.sha256()
+    for w in model.weights:
+        arr = np.ascontiguousarray(np.asarray(w.numpy() if hasattr(w, "numpy") else w))
+        h.update(w.path.encode() if hasattr(w, "path") else b"")
+        h.update(str(arr.shape).encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def _calibration(opts: ExportOptions, info: ModelInfo) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The calibration tiles and the check tiles the INT8 search holds out of them (None when
+    nothing calibrates, or nothing is held out)."""
+    if not _calibrates(opts):
+        return None, None
+    tune = opts.int8 and opts.int8_target_dice > 0
+    calib = tiles.calibration_tiles(opts.calibration_images, info,
+                                    opts.calibration_count + (INT8_CHECK_TILES if tune else 0))
+    if not tune:
+        return calib, None
+    calib, check = tiles.hold_out(calib, INT8_CHECK_TILES, keep=opts.calibration_count)
+    return calib, (check if len(check) else None)
+
+
+def read_inputs(model_path: Path, opts: ExportOptions) -> tuple[ExportContext, dict]:
+    """Everything the steps read, and the head of the report: the config, the calibration tiles
+    (read first: a bad folder fails fast), the Keras model checked against its config, the
+    verification tiles and Keras's probabilities on them."""
     from flexunet.runtime.backends.keras import load_keras_model
-
-    from flexunet.export import cpu
-    from flexunet.export import tiles
-
-    t_start = time.perf_counter()
-    model_path = Path(model_path)
-    out = Path(opts.out_dir)
-    if not model_path.is_file():
-        raise ModelError(f"{model_path}: no such model file")
-    if opts.trt:
-        from flexunet.export.tensorrt import check_available
-
-        reason = check_available()
-        if reason:
-            raise MissingDependencyError(f"--trt {opts.trt}: {reason}")
-    if opts.int8 and opts.calibration_images is None:
-        raise FlexunetError("--int8 needs --calibration-images DIR (real images to calibrate on)")
-    # --trt int8 calibrates on the same tiles, or on its calibration cache alone
-    calibrate = opts.int8 or (opts.trt == "int8" and opts.calibration_images is not None)
-    ox.require_writable(out)
 
     cfg_path, data_root = find_config(model_path, opts.config, opts.data_root)
     cfg = load_config(cfg_path, data_root=data_root)
-    model = load_keras_model(model_path)
     info = ModelInfo.from_config(cfg, dynamic_size=opts.dynamic_size)
+    calib, check = _calibration(opts, info)
+    model = load_keras_model(model_path)
     _check_model_matches(model, info, model_path, cfg_path)
-    info.keras_weights_sha256 = ox.keras_weights_sha256(model)
+    info.keras_weights_sha256 = keras_weights_sha256(model)
     info.versions = library_versions()
-
-    calib = check = None
-    if calibrate:  # read calibration data before any long work: a bad folder fails fast
-        tune = opts.int8 and opts.int8_target_dice > 0
-        calib = tiles.calibration_tiles(opts.calibration_images, info,
-                                        opts.calibration_count + (INT8_CHECK_TILES if tune else 0))
-        if tune:
-            calib, check = tiles.hold_out(calib, INT8_CHECK_TILES, keep=opts.calibration_count)
-            check = check if len(check) else None
     verify, verify_source = tiles.verification_tiles(cfg, info, opts.verify_tiles)
-    report: dict = {
+    keras_probs, t_keras = timed(keras_predict, model, verify)
+    report = {
         "keras_model": str(model_path), "config": str(cfg_path), "parameters": int(model.count_params()),
         "keras_weights_sha256": info.keras_weights_sha256, "versions": info.versions,
-        "verification_tiles": {"count": int(len(verify)), "source": verify_source,
-                               "shape": list(verify.shape[1:])},
-        "artifacts": {},
+        "verification_tiles": {"count": int(len(verify)), "source": verify_source, "shape": list(verify.shape[1:])},
+        "artifacts": {}, "keras_seconds_for_verification": round(t_keras, 2),
     }
-    keras_probs, t_keras = ox.timed(ox.keras_predict, model, verify)
+    return ExportContext(opts, model, info, verify, keras_probs, calib, check), report
 
-    with tempfile.TemporaryDirectory(prefix=".export-", suffix=".part", dir=out) as tmpname:
-        tmp = Path(tmpname)
-        # FP32 ONNX
-        _, t_conv = ox.timed(ox.convert, model, tmp / "model.onnx", info, opts.opset)
-        onnx_probs = ox.onnx_predict(tmp / "model.onnx", verify)
-        a = compare(keras_probs, onnx_probs, info.threshold)
-        ox.check_fp32(a, "model.onnx")
-        report["artifacts"]["model.onnx"] = {"precision": "fp32", "opset": opts.opset,
-                                             "seconds": round(t_conv, 2), "bytes": ox.file_size(tmp / "model.onnx"),
-                                             "vs_keras": a.to_dict()}
-        names = ["model.onnx", "model.onnx.data"]
 
-        if opts.optimize:
-            _, t = ox.timed(cpu.optimize, tmp / "model.onnx", tmp / "model.opt.onnx")
-            a = compare(keras_probs, ox.onnx_predict(tmp / "model.opt.onnx", verify))
-            ox.check_fp32(a, "model.opt.onnx")
-            report["artifacts"]["model.opt.onnx"] = {"precision": "fp32", "seconds": round(t, 2),
-                                                     "bytes": ox.file_size(tmp / "model.opt.onnx"),
-                                                     "vs_keras": a.to_dict()}
-            names.append("model.opt.onnx")
-
-        if opts.int8:
-            bits = cpu.int8_weight_bits(opts.int8_weights)
-            tuning = None
-            if check is None:
-                _, t = ox.timed(cpu.quantize_int8, tmp / "model.onnx", tmp / "model.int8.onnx", calib,
-                                info.input_name, weight_bits=bits)
-            else:
-                tuning, t = ox.timed(cpu.tune_int8, tmp / "model.onnx", tmp / "model.int8.onnx", calib, check,
-                                     info.input_name, threshold=info.threshold, target_dice=opts.int8_target_dice,
-                                     weight_bits=bits, max_float=opts.int8_max_float,
-                                     max_float_share=opts.int8_max_float_share, progress=log.info)
-            int8_probs = ox.onnx_predict(tmp / "model.int8.onnx", verify)
-            vs_fp32 = compare(onnx_probs, int8_probs, info.threshold)
-            vs_keras = compare(keras_probs, int8_probs, info.threshold)
-            report["artifacts"]["model.int8.onnx"] = {
-                "precision": "int8", "seconds": round(t, 2), "bytes": ox.file_size(tmp / "model.int8.onnx"),
-                "calibration": {"images": [str(p) for p in opts.calibration_images]
-                                if isinstance(opts.calibration_images, (list, tuple))
-                                else str(opts.calibration_images), "tiles": int(len(calib))},
-                "weight_bits": bits, "cpu_has_vnni": cpu_has_vnni(),
-                "float_convolutions": tuning.float_nodes if tuning else [],
-                "tuning": tuning.to_dict() if tuning else None,
-                "vs_fp32": vs_fp32.to_dict(), "vs_keras": vs_keras.to_dict()}
-            if vs_fp32.dice < opts.int8_min_dice:
-                raise VerificationError(
-                    f"model.int8.onnx: mask dice vs FP32 {vs_fp32.dice:.4f} is below {opts.int8_min_dice} "
-                    "(more or more representative --calibration-images may help); not written")
-            names.append("model.int8.onnx")
-
-        if opts.trt:
-            from flexunet.export.tensorrt import build_engine
-
-            engine = f"model.{opts.trt}.engine"
-            r = build_engine(tmp / "model.onnx", tmp / engine, precision=opts.trt,
-                             min_batch=opts.min_batch, opt_batch=opts.opt_batch, max_batch=opts.max_batch,
-                             calibration_tiles=calib, calibration_cache=out / "calibration.cache",
-                             timing_cache=out / "timing.cache", info=info)
-            report["artifacts"][engine] = r
-            names += [engine, engine + ".json"]
-
-        moved = ox.move_into_place(tmp, out, names)
-
-    if opts.triton_repo is not None:
-        from flexunet.export.triton import write_repository
-
-        plan = out / f"model.{opts.trt}.engine" if opts.trt else None
-        repo = write_repository(opts.triton_repo, "flexunet_unet", info,
-                                onnx_path=out / "model.onnx", plan_path=plan, max_batch_size=opts.max_batch)
-        report["triton_repository"] = str(repo)
-
-    report["keras_seconds_for_verification"] = round(t_keras, 2)
-    report["total_seconds"] = round(time.perf_counter() - t_start, 2)
-    report["written"] = [str(p) for p in moved]
-    write_text(out / "export_report.json", json.dumps(report, indent=2) + "\n")
+def run_export(model_path: Path, opts: ExportOptions) -> dict:
+    """Export, verify and write all requested artifacts, together or not at all; returns the report."""
+    t_start = time.perf_counter()
+    model_path = Path(model_path)
+    check_options(model_path, opts)
+    ctx, report = read_inputs(model_path, opts)
+    steps = plan(opts)
+    extra = [Path(opts.triton_repo)] if opts.triton_repo is not None else []
+    with Staging(opts.out_dir, *extra) as staging:
+        ctx.tmp, ctx.out = staging.tmp, staging.out
+        for step in steps:
+            report["artifacts"][step.artifact] = step.build(ctx, staging.tmp / step.artifact)
+        if opts.triton_repo is not None:
+            folder = staging.replacing(Path(opts.triton_repo) / TRITON_MODEL)
+            report["triton_repository"] = triton_repository(ctx, folder)
+        names = [name for step in steps for name in step.files]
+        report["written"] = [str(staging.out / n) for n in names if (staging.tmp / n).exists()]
+        report["total_seconds"] = round(time.perf_counter() - t_start, 2)
+        (staging.tmp / REPORT).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        staging.commit(names + [REPORT])
     return report

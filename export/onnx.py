@@ -1,43 +1,25 @@
-"""Keras -> ONNX through tf2onnx, with flexunet metadata, verified against Keras before it counts.
+"""ONNX files of the export: Keras -> ONNX with flexunet metadata, ONNX Runtime's optimised graph,
+and the metadata read back, carried over and measured on disk.
 
 The exported graph takes NHWC float32 ``image`` with a dynamic batch dimension and returns
 ``probabilities`` (sigmoid for one class, softmax for more).  Spatial size is fixed at the training
-tile size unless ``dynamic_size`` (then any multiple of ``2**(num_layers-1)``).
+tile size unless the model info says it is dynamic (then any multiple of ``2**(num_layers-1)``).
 """
 from __future__ import annotations
 
-import hashlib
-import platform
-import shutil
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from flexunet.core.errors import FlexunetError, ModelError, VerificationError, first_line
-from flexunet.core.compare import TOLERANCES, Comparison
-from flexunet.core.modelinfo import ModelInfo
+from flexunet.core.errors import FlexunetError, ModelError, first_line
+from flexunet.core.modelinfo import METADATA_KEY, ModelInfo
 
 DEFAULT_OPSET = 17
-
-
-def keras_weights_sha256(model) -> str:
-    """sha256 over the model's weights (names, shapes and bytes), independent of file format."""
-    h = hashlib.sha256()
-    for w in model.weights:
-        arr = np.ascontiguousarray(np.asarray(w.numpy() if hasattr(w, "numpy") else w))
-        h.update(w.path.encode() if hasattr(w, "path") else b"")
-        h.update(str(arr.shape).encode())
-        h.update(arr.tobytes())
-    return h.hexdigest()
 
 
 def convert(model, dest: Path, info: ModelInfo, opset: int = DEFAULT_OPSET) -> Path:
     """Convert a Keras model to ONNX at ``dest`` with ``info`` as metadata_props.
 
-    Uses :func:`export.keras2onnx.export_keras_to_onnx` (weights bound after conversion, external
-    data beside ``dest`` when the model passes 2 GB).
+    Uses :func:`flexunet.export.keras2onnx.export_keras_to_onnx` (weights bound after conversion,
+    external data beside ``dest`` when the model passes 2 GB).
     """
     from flexunet.export.keras2onnx import export_keras_to_onnx
 
@@ -49,59 +31,54 @@ def convert(model, dest: Path, info: ModelInfo, opset: int = DEFAULT_OPSET) -> P
     return dest
 
 
-def read_info(onnx_path: Path) -> ModelInfo:
+def load_graph(onnx_path: Path):
+    """The ``onnx.ModelProto`` of a file without its external weights (ModelError, one line, if
+    it is not a readable ONNX model)."""
     import onnx
 
     try:
-        proto = onnx.load_model(str(onnx_path), load_external_data=False)
+        return onnx.load_model(str(onnx_path), load_external_data=False)
     except Exception as exc:
-        raise ModelError(f"{onnx_path}: not a readable ONNX model ({type(exc).__name__})") from None
+        raise ModelError(f"{onnx_path}: not a readable ONNX model ({first_line(exc)})") from None
+
+
+def read_info(onnx_path: Path) -> ModelInfo:
+    """The :class:`ModelInfo` an exported file carries in its metadata."""
+    proto = load_graph(onnx_path)
     return ModelInfo.from_metadata({p.key: p.value for p in proto.metadata_props}, str(onnx_path))
 
 
-def predict_batches(predict, tiles: np.ndarray, batch_size: int = 4) -> np.ndarray:
-    """``predict`` over ``tiles`` in batches, concatenated as float32."""
-    outs = [np.asarray(predict(tiles[i:i + batch_size])) for i in range(0, len(tiles), batch_size)]
-    return np.concatenate(outs).astype(np.float32)
+def copy_metadata(src: Path, dest: Path, precision: str | None = None) -> None:
+    """Give ``dest`` the metadata of ``src`` (with ``precision`` in its model info when given)."""
+    import onnx
+
+    a = load_graph(src)
+    b = onnx.load_model(str(dest))
+    props = {p.key: p.value for p in a.metadata_props}
+    if precision is not None and METADATA_KEY in props:
+        info = ModelInfo.from_json(props[METADATA_KEY])
+        info.precision = precision
+        props.update(info.to_metadata())
+    del b.metadata_props[:]
+    for k, v in props.items():
+        e = b.metadata_props.add()
+        e.key, e.value = k, v
+    onnx.save_model(b, str(dest))
 
 
-def keras_predict(model, tiles: np.ndarray, batch_size: int = 4) -> np.ndarray:
-    return predict_batches(model.predict_on_batch, tiles, batch_size)
+def optimize(src: Path, dest: Path) -> Path:
+    """Save ONNX Runtime's offline-optimised graph (extended level: portable across CPUs)."""
+    import onnxruntime as ort
 
-
-def onnx_predict(onnx_path: Path, tiles: np.ndarray, batch_size: int = 4) -> np.ndarray:
-    """An exported artifact run the way production runs it: the runtime's ONNX Runtime backend
-    (CPU), which also reads and checks its metadata."""
-    from flexunet.runtime.backends.onnx import OnnxBackend
-
-    with OnnxBackend(onnx_path, provider="cpu") as backend:
-        return predict_batches(backend.predict, tiles, batch_size)
-
-
-def check_fp32(result: Comparison, what: str) -> None:
-    """Refuse an FP32 artifact that does not reproduce the Keras model (:data:`TOLERANCES` fp32)."""
-    failures = TOLERANCES["fp32"].failures(result)
-    if failures:
-        raise VerificationError(f"{what} does not reproduce the Keras model on {result.items} tiles: "
-                                f"{'; '.join(failures)}; artifact not written")
-
-
-def move_into_place(tmp_dir: Path, dest_dir: Path, names: list[str]) -> list[Path]:
-    """Rename finished files from a temporary folder into the output folder."""
-    out = []
-    for n in names:
-        src = tmp_dir / n
-        if src.exists():
-            dst = dest_dir / n
-            src.replace(dst)
-            out.append(dst)
-    return out
-
-
-def timed(fn, *a, **kw):
-    t = time.perf_counter()
-    r = fn(*a, **kw)
-    return r, time.perf_counter() - t
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.optimized_model_filepath = str(dest)
+    ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+    if not dest.exists():
+        raise FlexunetError(f"{dest}: ONNX Runtime did not write the optimised model")
+    copy_metadata(src, dest)
+    return dest
 
 
 def file_size(path: Path) -> int:
@@ -111,17 +88,3 @@ def file_size(path: Path) -> int:
     if data.exists():
         total += data.stat().st_size
     return total
-
-
-def remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def require_writable(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".flexunet_write_probe"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise FlexunetError(f"{folder}: output folder is not writable ({exc.strerror or exc})") from None

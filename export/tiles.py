@@ -67,20 +67,27 @@ def with_symmetries(tiles: np.ndarray, count: int) -> np.ndarray:
     return np.concatenate(out)
 
 
+def calibration_paths(source) -> tuple[list[Path], str]:
+    """The image files of a calibration source (a folder of images or a list of image files) and
+    a description of it; FlexunetError (one line) for a missing folder or no images.  Lists only:
+    nothing is decoded."""
+    if isinstance(source, (list, tuple)):
+        if not source:
+            raise FlexunetError("no calibration images given")
+        return [Path(p) for p in source], f"{len(source)} calibration file(s)"
+    folder = Path(source)
+    if not folder.is_dir():
+        raise FlexunetError(f"{folder}: calibration folder does not exist")
+    paths = expand_inputs([folder])
+    if not paths:
+        raise FlexunetError(f"{folder}: no images (jpg, png, tif, bmp) for calibration")
+    return paths, str(folder)
+
+
 def calibration_tiles(source, info: ModelInfo, count: int, seed: int = 0) -> np.ndarray:
     """Tiles for INT8 calibration from a folder of images or a list of image files (with flipped
     and rotated views when the images give fewer than ``count`` tiles)."""
-    if isinstance(source, (list, tuple)):
-        paths, where = [Path(p) for p in source], f"{len(source)} calibration file(s)"
-        if not paths:
-            raise FlexunetError("no calibration images given")
-    else:
-        folder = Path(source)
-        if not folder.is_dir():
-            raise FlexunetError(f"{folder}: calibration folder does not exist")
-        paths, where = expand_inputs([folder]), str(folder)
-        if not paths:
-            raise FlexunetError(f"{folder}: no images (jpg, png, tif, bmp) for calibration")
+    paths, where = calibration_paths(source)
     try:
         return tiles_from_images(paths, info, count, seed, augment=True)
     except FlexunetError as exc:

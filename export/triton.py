@@ -1,4 +1,5 @@
-"""A Triton Inference Server model repository for an exported model.
+"""A Triton Inference Server model repository for an exported model (its model folder is
+written by the export's Triton step and renamed into place with the other artifacts).
 
 Layout::
 
@@ -11,7 +12,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from flexunet.core.atomic import atomic_dir
+from flexunet.core.errors import FlexunetError
+from flexunet.core.machine import sha256_file
 from flexunet.core.modelinfo import ModelInfo
 
 
@@ -49,20 +51,22 @@ parameters {{ key: "flexunet.threshold" value: {{ string_value: "{info.threshold
 """
 
 
-def write_repository(repo: Path, name: str, info: ModelInfo, onnx_path: Path | None = None,
-                     plan_path: Path | None = None, max_batch_size: int = 8) -> Path:
-    """Write (atomically, as a whole folder) ``repo/name`` with config.pbtxt and version 1."""
+def fill_repository(folder: Path, name: str, info: ModelInfo, onnx_path: Path | None = None,
+                    plan_path: Path | None = None, max_batch_size: int = 8) -> None:
+    """Write ``config.pbtxt`` and version ``1`` of model ``name`` into ``folder`` (the model's
+    folder of a repository): the engine as ``model.plan`` when given, else the ONNX model (with
+    its external data).  The copies are checked against their sources, byte for byte."""
     if onnx_path is None and plan_path is None:
         raise ValueError("a Triton repository needs model.onnx or model.plan")
     platform = "tensorrt_plan" if plan_path is not None else "onnxruntime_onnx"
-    with atomic_dir(Path(repo) / name) as tmp:
-        (tmp / "1").mkdir()
-        if plan_path is not None:
-            shutil.copy2(plan_path, tmp / "1" / "model.plan")
-        if onnx_path is not None and plan_path is None:
-            shutil.copy2(onnx_path, tmp / "1" / "model.onnx")
-            data = Path(str(onnx_path) + ".data")
-            if data.exists():
-                shutil.copy2(data, tmp / "1" / data.name)
-        (tmp / "config.pbtxt").write_text(config_pbtxt(name, info, platform, max_batch_size))
-    return Path(repo) / name
+    version = Path(folder) / "1"
+    version.mkdir()
+    copies = {plan_path: version / "model.plan"} if plan_path is not None else {onnx_path: version / "model.onnx"}
+    data = Path(str(onnx_path) + ".data") if plan_path is None else None
+    if data is not None and data.exists():
+        copies[data] = version / data.name
+    for src, dst in copies.items():
+        shutil.copy2(src, dst)
+        if sha256_file(dst) != sha256_file(src):
+            raise FlexunetError(f"{dst}: the copy for the Triton repository differs from {src}")
+    (Path(folder) / "config.pbtxt").write_text(config_pbtxt(name, info, platform, max_batch_size))

@@ -1,5 +1,6 @@
 """``flexunet bench``: how fast does a model segment slides on this machine?  The CLI of
-:func:`runtime.bench.run_bench`; progress on stderr, a summary on stdout, reports in ``--report-dir``.
+:func:`flexunet.runtime.bench.run_bench`; progress on stderr, a summary on stdout, reports
+(:mod:`flexunet.runtime.bench_report`) in ``--report-dir``.
 """
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ from pathlib import Path
 
 import click
 
-from flexunet.runtime.backends.base import BACKENDS
-from flexunet.runtime.bench import DEFAULT_BATCH_SIZES, parse_batch_sizes, run_bench, write_reports
 from flexunet.core.console import handle_errors
 from flexunet.core.errors import EXIT_SKIPPED
-from flexunet.runtime.infer_cli import TileSize
 from flexunet.core.tiling import BLEND_MODES
+from flexunet.runtime.backends.base import BACKENDS
+from flexunet.runtime.bench import run_bench
+from flexunet.runtime.bench_report import write_reports
+from flexunet.runtime.bench_seed import BASELINES
+from flexunet.runtime.bench_timing import DEFAULT_BATCH_SIZES, parse_batch_sizes
+from flexunet.runtime.infer_cli import TileSize
 
 EPILOG = (
     "Measures (warm-up excluded): predict latency per batch (p50/p90/p99, tiles/s) for each --batch-sizes "
@@ -62,7 +66,7 @@ class BatchSizes(click.ParamType):
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for ONNX Runtime [default: all cores].")
 @click.option("--config", type=click.Path(dir_okay=False, path_type=Path),
               help="Training config of a .keras model [default: the one beside it].")
-@click.option("--baseline", type=click.Choice(["seed"]),
+@click.option("--baseline", type=click.Choice(BASELINES),
               help="Also time the seed API's tiled loop (per-tile Keras predict, batch 1) and print ours/seed.")
 @click.option("--keras", type=click.Path(dir_okay=False, path_type=Path),
               help="The .keras model for --baseline seed when MODEL is not .keras.")

@@ -7,17 +7,20 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 from typing import TextIO
 
 import click
 
-from flexunet.runtime.backends.base import BACKENDS
 from flexunet.core.console import handle_errors
 from flexunet.core.errors import EXIT_CODES_HELP, EXIT_SKIPPED, FlexunetError
 from flexunet.core.imageio import expand_inputs
-from flexunet.runtime.segmenter import FIT, ProgressEvent, RunSummary, Segmenter
+from flexunet.core.modelinfo import ModelInfo
 from flexunet.core.tiling import BLEND_MODES
+from flexunet.runtime.backends.base import BACKENDS
+from flexunet.runtime.layout import FIT, FIT_MAX_SIDE
+from flexunet.runtime.segmenter import ProgressEvent, RunSummary, Segmenter
 
 
 class TileSize(click.ParamType):
@@ -100,6 +103,21 @@ def format_report(summary: RunSummary) -> str:
     return "\n".join(lines)
 
 
+def model_default(field: str) -> str:
+    """Where the default of an option read from the model's metadata comes from, for help texts:
+    ``the model's, else <ModelInfo's default>`` (the value used when the metadata does not say)."""
+    return f"the model's, else {next(f.default for f in fields(ModelInfo) if f.name == field)}"
+
+
+TILE_HELP = (f"Tile size N or HxW, or 'fit' (dynamic-size models: the tile computing the least area for the "
+             f"first image's size, up to {FIT_MAX_SIDE} px) [default: the model's (its training input size), "
+             f"else {'x'.join(map(str, ModelInfo(None, None, 3, 1).tile_size))}]; a dynamic-size model's tile is "
+             "rounded up to a size it takes.")
+OVERLAP_HELP = f"Tile overlap in pixels [default: {model_default('overlap')}, at most half the tile]."
+BLEND_HELP = f"Blending of overlapping tiles [default: {model_default('blend')}]."
+THRESHOLD_HELP = f"Foreground threshold of a binary model [default: {model_default('threshold')}]."
+
+
 @click.command("infer", epilog=EXIT_CODES_HELP)
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
@@ -107,14 +125,13 @@ def format_report(summary: RunSummary) -> str:
               help="Output folder (created if needed).")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
               help="Inference backend; auto picks the fastest available for the model file.")
-@click.option("--tile", type=TileSize(),
-              help="Tile size N or HxW, or 'fit' (dynamic-size models: the tile computing the least area "
-                   "for the first image's size, up to 1536 px) [default: the model's input size].")
-@click.option("--overlap", type=click.IntRange(min=0), help="Tile overlap in pixels [default: 64].")
-@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Tiles per batch.")
-@click.option("--blend", type=click.Choice(BLEND_MODES), help="Blending of overlapping tiles [default: cosine].")
+@click.option("--tile", type=TileSize(), help=TILE_HELP)
+@click.option("--overlap", type=click.IntRange(min=0), help=OVERLAP_HELP)
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Tiles per batch (at most the model's fixed batch size, if it has one).")
+@click.option("--blend", type=click.Choice(BLEND_MODES), help=BLEND_HELP)
 @click.option("--whole", is_flag=True, help="One padded pass over the whole image (dynamic-size models).")
-@click.option("--threshold", type=click.FloatRange(0.0, 1.0), help="Foreground threshold of a binary model.")
+@click.option("--threshold", type=click.FloatRange(0.0, 1.0), help=THRESHOLD_HELP)
 @click.option("--colorize", is_flag=True, help="Also write <stem>_color.png in the class colours.")
 @click.option("--overlay", is_flag=True, help="Also write <stem>_overlay.jpg|png over the input.")
 @click.option("--probabilities", is_flag=True, help="Also write <stem>_prob.npy (HxWxK float32).")
@@ -124,7 +141,8 @@ def format_report(summary: RunSummary) -> str:
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for ONNX Runtime [default: all cores].")
 @click.option("--config", type=click.Path(dir_okay=False, path_type=Path),
               help="Training config of a .keras model [default: the one beside it].")
-@click.option("--resume", is_flag=True, help="Skip inputs whose outputs are complete (same model and options).")
+@click.option("--resume", is_flag=True,
+              help="Skip inputs whose outputs are complete (same model, options and tile).")
 @handle_errors
 def infer_cmd(model, inputs, out_dir, backend, tile, overlap, batch_size, blend, whole, threshold,
               colorize, overlay, probabilities, fill_holes, min_size, threads, config, resume):
@@ -144,8 +162,8 @@ def infer_cmd(model, inputs, out_dir, backend, tile, overlap, batch_size, blend,
         click.echo(f"tiling: {segmenter.describe()}", err=True)
         progress = ProgressLine(len(paths), sys.stderr)
         try:
-            summary = segmenter.segment_folder(paths, out_dir, colorize=colorize, overlay=overlay,
-                                               probabilities=probabilities, resume=resume, progress=progress)
+            summary = segmenter.segment_files(paths, out_dir, colorize=colorize, overlay=overlay,
+                                              probabilities=probabilities, resume=resume, progress=progress)
         finally:
             progress.close()
     click.echo(format_report(summary))

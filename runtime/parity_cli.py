@@ -1,6 +1,6 @@
 """``flexunet parity``: do candidate models (ONNX, INT8, TensorRT, another backend) segment like
-the reference?  The CLI of :func:`runtime.parity.run_parity`; progress on stderr, the summary table
-on stdout, reports in ``--report-dir``.
+the reference?  The CLI of :func:`flexunet.runtime.parity.run_parity`; progress on stderr, a summary
+on stdout, reports (:mod:`flexunet.runtime.parity_report`) in ``--report-dir``.
 """
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ from pathlib import Path
 
 import click
 
-from flexunet.core.console import handle_errors
-from flexunet.runtime.infer_cli import TileSize
 from flexunet.core.compare import describe_defaults
-from flexunet.runtime.parity import run_parity, write_reports
+from flexunet.core.console import handle_errors
 from flexunet.core.tiling import BLEND_MODES
+from flexunet.runtime.infer_cli import TileSize
+from flexunet.runtime.parity import run_parity
+from flexunet.runtime.parity_report import candidate_summary, write_reports
 
 _DEFAULTS = describe_defaults()
 
@@ -81,7 +82,7 @@ def _summary(report) -> str:
     if report.reference_truth is not None:
         lines.append(f"reference {report.reference.label}: dice vs truth {report.reference_truth.dice:.6f}")
     for c in report.candidates:
-        s = c.summary()["overall"]
+        s = candidate_summary(c)["overall"]
         truth = f", dice vs truth {s['dice_vs_truth']:.6f}" if s["dice_vs_truth"] is not None else ""
         verdict = "PASS" if c.passed else "FAIL (" + "; ".join(c.failures) + ")"
         lines.append(f"{c.spec.label} [{c.precision}]: dice vs reference {s['dice']:.6f} "

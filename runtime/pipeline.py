@@ -1,34 +1,36 @@
 """The concurrent slide engine: read -> batch + infer -> stitch + post-process -> write.
 
-Threads connected by bounded queues::
+Threads connected by bounded queues run the steps of the tiled engine (:mod:`flexunet.runtime.segment`)::
 
     reader(s) --jobs--> batcher/inference --results--> stitcher/post --outputs--> writer
 
-* a reader decodes a slide, pre-processes it, pads it and plans its tiles (one job per slide);
-* the batcher copies tiles into batches of ``batch_size`` and runs ``backend.predict``; a batch
-  is filled with the tiles of consecutive slides, so the engine never runs a short batch at the end
-  of each slide or waits for the next slide to be decoded;
-* the stitcher blends every tile's probabilities into its slide (:class:`runtime.tiling.Stitcher`)
-  and, once a slide has all its tiles, post-processes it;
+* a reader decodes a slide, pre-processes it and cuts it by the layout (a
+  :class:`~flexunet.runtime.segment.TiledImage`; one job per slide);
+* the batcher groups tiles into batches of ``batch_size`` (:func:`~flexunet.runtime.segment.batches`)
+  and runs ``backend.predict``; a batch is filled with the tiles of consecutive slides, so the
+  engine never runs a short batch at the end of each slide or waits for the next slide to be decoded;
+* the stitcher blends every tile's probabilities into its slide and, once a slide has all its
+  tiles, post-processes it;
 * the writer writes the slide's outputs.
 
+The steps are the ones :func:`~flexunet.runtime.segment.predict_image` runs for one image, so a
+folder run gives the same probabilities as segmenting each image on its own.
+
 Memory is bounded for any number of slides: every queue is bounded, and a reader starts a slide
-only when :class:`_Admission` allows it -- while fewer than ``max_in_flight`` slides are in flight
-(read but not yet written or skipped), or when the batcher is waiting for tiles that only a new
-slide can give (small slides).  At most ``max(max_in_flight, batch_size)`` slides are in flight,
-``max_in_flight`` for slides of ``batch_size`` tiles or more, and batches are always full except
-the last one (and where the tile shape changes, in whole-image mode).
+only when :class:`~flexunet.runtime.admission.Admission` allows it -- while fewer than
+``max_in_flight`` slides are in flight (read but not yet written or skipped), or when the batcher is
+waiting for tiles that only a new slide can give (small slides).  At most
+``max(max_in_flight, batch_size)`` slides are in flight, ``max_in_flight`` for slides of
+``batch_size`` tiles or more, and batches are always full except the last one (and where the tile
+shape changes, in whole-image mode).
 
-Stopping: an unreadable image (:class:`~runtime.errors.ImageReadError`) is recorded as skipped and
-the run goes on.  Any other exception in a stage sets a shared stop event; every thread notices it
-within :data:`POLL` seconds (every wait on a queue or for admission times out), a running
-``predict`` is interrupted, the threads are joined and :meth:`Pipeline.run` re-raises it.  A
-``KeyboardInterrupt`` in the calling thread stops the run the same way and is re-raised.  Outputs
-are written atomically by the ``write`` callable, so a stopped run leaves no partial file.
-
-Tiling follows :func:`runtime.segment.predict_tiled` / :func:`~runtime.segment.predict_whole`
-exactly (same padding, grid and blending window), so a folder run gives the same probabilities as
-segmenting each image on its own.
+Stopping: an unreadable image (:class:`~flexunet.core.errors.ImageReadError`) is recorded as
+skipped and the run goes on.  Any other exception in a stage sets a shared stop event; every thread
+notices it within :data:`POLL` seconds (every wait on a queue or for admission times out), a running
+``predict`` is interrupted, the threads are joined (for at most :data:`JOIN_TIMEOUT` seconds) and
+:meth:`Pipeline.run` re-raises it.  A ``KeyboardInterrupt`` in the calling thread stops the run the
+same way and is re-raised.  Outputs are written atomically by the ``write`` callable, so a stopped
+run leaves no partial file.
 """
 from __future__ import annotations
 
@@ -43,17 +45,19 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from flexunet.core import tiling
+from flexunet.core.errors import ImageReadError
+from flexunet.runtime.admission import Admission
 from flexunet.runtime.backends.base import Backend
-from flexunet.core.errors import ImageReadError, ModelError
-from flexunet.runtime.segment import Layout
+from flexunet.runtime.layout import Layout
+from flexunet.runtime.segment import (TiledImage, TileRef, batches, blend_batch, predict_batch, stack_tiles,
+                                      tile_refs)
 
 log = logging.getLogger("flexunet")
 
 #: Stages whose busy time is measured, in pipeline order.
 STAGES = ("decode", "preprocess", "batch", "inference", "blend", "post", "write")
 POLL = 0.1           # seconds between checks of the stop event while waiting
-JOIN_TIMEOUT = 2.0   # seconds to wait for the threads when stopping
+JOIN_TIMEOUT: float | None = 2.0  # seconds to wait for the threads when stopping (None: no limit)
 RESULT_QUEUE = 4     # predicted batches waiting for the stitcher
 OUTPUT_QUEUE = 2     # finished slides waiting for the writer
 
@@ -101,99 +105,13 @@ class StageTimer:
             return dict(self._seconds)
 
 
-class _Slide:
-    """A slide in flight: its padded input until every tile is batched, then its blend."""
+class _Slide(TiledImage):
+    """A slide in flight: its task and decoded image beside its tiles and their blend."""
 
     def __init__(self, task: SlideTask, image: np.ndarray, x: np.ndarray, layout: Layout):
+        super().__init__(x, layout)
         self.task = task
         self.image = image
-        self.height, self.width = x.shape[:2]
-        self.padded, self.tile, self.corners, self.window = layout.cut(x)
-        self.padded_size = self.padded.shape[:2]
-        self.remaining = len(self.corners)
-        self._stitcher: tiling.Stitcher | None = None
-        self._probs: np.ndarray | None = None
-
-    def tile_input(self, i: int) -> np.ndarray:
-        """The ``i``-th tile of the padded input (a view)."""
-        y, x = self.corners[i]
-        return self.padded[y:y + self.tile[0], x:x + self.tile[1]]
-
-    def add(self, pred: np.ndarray, i: int) -> None:
-        """Blend the prediction of the ``i``-th tile."""
-        if self.window is None:
-            self._probs = pred[:self.height, :self.width]
-        else:
-            if self._stitcher is None:
-                self._stitcher = tiling.Stitcher(*self.padded_size, pred.shape[-1], self.window)
-            self._stitcher.add(pred, *self.corners[i])
-        self.remaining -= 1
-
-    def probabilities(self) -> np.ndarray:
-        """The blended ``(H, W, K)`` probabilities (once every tile was added)."""
-        if self.window is None:
-            return self._probs
-        return self._stitcher.result(self.height, self.width)
-
-
-class _Admission:
-    """When a reader may start another slide (thread-safe; see the module docstring).
-
-    A slide is *in flight* from :meth:`start` until :meth:`written` or :meth:`dropped`, and
-    *unbatched* until the batcher has copied its last tile into a batch.  A new slide may start
-    while fewer than ``max_slides`` are in flight, or when the batcher cannot complete a batch
-    otherwise: every slide in flight is unbatched, none is being read, and together they hold
-    fewer than ``batch_size`` tiles.
-    """
-
-    def __init__(self, max_slides: int, batch_size: int):
-        self._cond = threading.Condition()
-        self._max_slides, self._batch_size = max_slides, batch_size
-        self._slides = self._unbatched_slides = self._reading = self._unbatched_tiles = 0
-
-    def _may_start(self) -> bool:
-        if self._slides < self._max_slides:
-            return True
-        return (self._reading == 0 and self._unbatched_slides == self._slides
-                and self._unbatched_tiles < self._batch_size)
-
-    def start(self, check: Callable[[], None]) -> None:
-        """Wait until a slide may be read, calling ``check`` (which raises to give up) meanwhile."""
-        with self._cond:
-            while not self._may_start():
-                check()
-                self._cond.wait(POLL)
-            self._slides += 1
-            self._unbatched_slides += 1
-            self._reading += 1
-
-    def read(self, tiles: int) -> None:
-        """The started slide was read and cut into ``tiles`` tiles."""
-        with self._cond:
-            self._reading -= 1
-            self._unbatched_tiles += tiles
-            self._cond.notify_all()
-
-    def dropped(self) -> None:
-        """The started slide could not be read."""
-        with self._cond:
-            self._reading -= 1
-            self._unbatched_slides -= 1
-            self._slides -= 1
-            self._cond.notify_all()
-
-    def batched(self, tiles: int, slides: int) -> None:
-        """``tiles`` tiles went into a batch, the last ones of ``slides`` slides."""
-        with self._cond:
-            self._unbatched_tiles -= tiles
-            self._unbatched_slides -= slides
-            self._cond.notify_all()
-
-    def written(self) -> None:
-        """A slide's outputs are written."""
-        with self._cond:
-            self._slides -= 1
-            self._cond.notify_all()
 
 
 class _Stopped(Exception):
@@ -214,14 +132,14 @@ class Pipeline:
 
     Args:
         backend: runs the batches.
-        layout: how each image is cut into model inputs.
+        layout: how each image is cut into model inputs (with its tile: not a ``fit`` layout).
         read: ``path -> image`` (decode; raises ImageReadError for unreadable files).
         prepare: ``image -> float32 HxWxC model input`` (pre-processing).
         finish: ``(task, image, probabilities) -> product`` (labels and derived images).
         write: ``(task, product) -> None`` (writes the outputs atomically).
         batch_size: tiles per ``predict`` call.
         max_in_flight: slides read but not yet written, at most (>= 1; slides smaller than a batch
-            may exceed it up to ``batch_size``, see :class:`_Admission`).
+            may exceed it up to ``batch_size``, see :class:`~flexunet.runtime.admission.Admission`).
         readers: reader threads.
         on_slide: called as ``on_slide(status, task, reason)`` when a slide is done
             (``"done"``, reason None) or skipped (``"skipped"``, reason the error message);
@@ -239,13 +157,15 @@ class Pipeline:
             raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
         if readers < 1:
             raise ValueError(f"readers must be >= 1, got {readers}")
+        if layout.fit:
+            raise ValueError("the layout of a run needs its tile: fit it to an image first (layout.fitted)")
         self._backend = backend
         self._layout = layout
         self._read, self._prepare, self._finish, self._write = read, prepare, finish, write
         self._batch_size = batch_size
         self._readers = readers
         self._on_slide = on_slide
-        self._admission = _Admission(max_in_flight, batch_size)
+        self._admission = Admission(max_in_flight, batch_size, POLL)
         self._jobs: queue.Queue = queue.Queue(maxsize=max_in_flight)
         self._results: queue.Queue = queue.Queue(maxsize=RESULT_QUEUE)
         self._outputs: queue.Queue = queue.Queue(maxsize=OUTPUT_QUEUE)
@@ -277,9 +197,9 @@ class Pipeline:
         stages += [("infer", self._batch_loop), ("stitch", self._stitch_loop), ("write", self._write_loop)]
         threads = [threading.Thread(target=self._guard, args=(body,), name=f"flexunet-{name}", daemon=True)
                    for name, body in stages]
-        for thread in threads:
-            thread.start()
         try:
+            for thread in threads:
+                thread.start()
             while not self._wake.wait(POLL):
                 pass
         except BaseException:  # KeyboardInterrupt (or another async exception) in this thread
@@ -303,9 +223,11 @@ class Pipeline:
 
     @staticmethod
     def _join(threads: list[threading.Thread]) -> None:
-        deadline = time.monotonic() + JOIN_TIMEOUT
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+        """Join the started threads within :data:`JOIN_TIMEOUT` seconds in all (None: however long
+        it takes)."""
+        deadline = None if JOIN_TIMEOUT is None else time.monotonic() + JOIN_TIMEOUT
+        for thread in (t for t in threads if t.ident is not None):
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         busy = [t.name for t in threads if t.is_alive()]
         if busy:
             log.warning(f"pipeline threads still busy after {JOIN_TIMEOUT:.0f} s: {', '.join(busy)}; "
@@ -329,22 +251,26 @@ class Pipeline:
         if self._stop.is_set():
             raise _Stopped
 
-    def _put(self, q: queue.Queue, item: Any) -> None:
+    def _patiently(self, step: Callable[[], Any]) -> Any:
+        """``step()`` (a queue operation that times out after :data:`POLL` s), retried until it
+        succeeds or the run is stopped."""
         while True:
             self._check()
             try:
-                q.put(item, timeout=POLL)
-                return
-            except queue.Full:
+                return step()
+            except (queue.Full, queue.Empty):
                 pass
 
+    def _put(self, q: queue.Queue, item: Any) -> None:
+        self._patiently(lambda: q.put(item, timeout=POLL))
+
     def _get(self, q: queue.Queue) -> Any:
-        while True:
-            self._check()
-            try:
-                return q.get(timeout=POLL)
-            except queue.Empty:
-                pass
+        return self._patiently(lambda: q.get(timeout=POLL))
+
+    def _drain(self, q: queue.Queue) -> Iterator[Any]:
+        """The items put on ``q`` until the end marker."""
+        while (item := self._get(q)) is not _END:
+            yield item
 
     def _report(self, task: SlideTask, status: str, reason: str | None = None) -> None:
         """Record a written or skipped slide and report it."""
@@ -373,72 +299,47 @@ class Pipeline:
                 continue
             with self.timer("preprocess"):
                 slide = _Slide(task, image, self._prepare(image), self._layout)
-            self._admission.read(len(slide.corners))
+            self._admission.read(len(slide))
             self._put(self._jobs, slide)
         self._put(self._jobs, _END)
 
-    def _batch_loop(self) -> None:
-        pending: list[tuple[_Slide, int]] = []
+    def _incoming(self) -> Iterator[_Slide]:
+        """The slides the readers cut, as they come, until every reader has finished."""
         ended = 0
         while ended < self._readers:
             slide = self._get(self._jobs)
             if slide is _END:
                 ended += 1
-                continue
-            for i in range(len(slide.corners)):
-                if pending and pending[0][0].tile != slide.tile:
-                    self._infer(pending)
-                    pending = []
-                pending.append((slide, i))
-                if len(pending) == self._batch_size:
-                    self._infer(pending)
-                    pending = []
-        if pending:
-            self._infer(pending)
+            else:
+                yield slide
+
+    def _batch_loop(self) -> None:
+        for refs in batches(tile_refs(self._incoming()), self._batch_size):
+            self._infer(refs)
         self._put(self._results, _END)
 
-    def _infer(self, refs: list[tuple[_Slide, int]]) -> None:
+    def _infer(self, refs: list[TileRef]) -> None:
         """Predict one batch of tiles (of one or more slides) and pass it to the stitcher."""
         with self.timer("batch"):
-            first = refs[0][0]
-            batch = np.empty((len(refs), *first.tile, first.padded.shape[2]), dtype=np.float32)
-            completed = 0
-            for k, (slide, i) in enumerate(refs):
-                batch[k] = slide.tile_input(i)
-                if i == len(slide.corners) - 1:
-                    slide.padded = None  # every tile is batched: free the input
-                    completed += 1
+            batch, completed = stack_tiles(refs)
         self._admission.batched(len(refs), completed)
         self._check()
         with self.timer("inference"):
-            preds = self._backend.predict(batch)
-        if preds.ndim != 4 or preds.shape[:3] != batch.shape[:3]:
-            raise ModelError(f"{self._backend.name}: output of shape {preds.shape} for an input batch "
-                             f"of shape {batch.shape}; expected N x H x W x classes probabilities")
+            preds = predict_batch(self._backend.predict, batch, self._backend.name)
         self._put(self._results, (preds, refs))
 
     def _stitch_loop(self) -> None:
-        while True:
-            item = self._get(self._results)
-            if item is _END:
-                break
-            preds, refs = item
-            for pred, (slide, i) in zip(preds, refs):
-                with self.timer("blend"):
-                    slide.add(pred, i)
-                    probs = slide.probabilities() if slide.remaining == 0 else None
-                if probs is not None:
-                    with self.timer("post"):
-                        product = self._finish(slide.task, slide.image, probs)
-                    self._put(self._outputs, (slide.task, product))
+        for preds, refs in self._drain(self._results):
+            with self.timer("blend"):
+                complete = [(slide, slide.probabilities()) for slide in blend_batch(preds, refs)]
+            for slide, probs in complete:
+                with self.timer("post"):
+                    product = self._finish(slide.task, slide.image, probs)
+                self._put(self._outputs, (slide.task, product))
         self._put(self._outputs, _END)
 
     def _write_loop(self) -> None:
-        while True:
-            item = self._get(self._outputs)
-            if item is _END:
-                break
-            task, product = item
+        for task, product in self._drain(self._outputs):
             with self.timer("write"):
                 self._write(task, product)
             self._report(task, "done")

@@ -1,74 +1,148 @@
-"""Cutting one image into model inputs, and tiled or whole-image prediction with any predictor.
+"""The tiled engine: one place that turns images, a :class:`~flexunet.runtime.layout.Layout` and a
+predictor into blended probabilities.
+
+Used by :meth:`Segmenter.segment <flexunet.runtime.segmenter.Segmenter.segment>` (one image,
+:func:`predict_image`), by folder runs (:mod:`flexunet.runtime.pipeline` runs the same steps in
+threads) and by training previews (:func:`predict_tiled`).  The steps:
+
+1. :class:`TiledImage` cuts a pre-processed image by the layout (padding, tile corners, window);
+2. :func:`batches` groups the tiles of consecutive images into batches of ``batch_size``;
+3. :func:`stack_tiles` copies a batch's tiles into one array (and frees inputs fully batched);
+4. :func:`predict_batch` runs the predictor and checks its output;
+5. :func:`blend_batch` blends each tile's prediction into its image (:class:`~flexunet.core.blending.Stitcher`).
 
 ``predict`` is any callable taking an (N, h, w, C) float32 batch and returning (N, h, w, K)
 probabilities: a backend's ``predict``, or ``keras_model.predict_on_batch`` during training previews.
-:class:`Layout` is the one description of how an image is cut (the pipeline uses it too); geometry
-and blending come from :mod:`runtime.tiling`; tiles are never resized.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from flexunet.core import tiling
+from flexunet.core.blending import Stitcher
+from flexunet.core.errors import ModelError
+from flexunet.runtime.layout import Layout
+
+__all__ = ["Layout", "Predictor", "TiledImage", "batches", "blend_batch", "predict_batch", "predict_image",
+           "predict_tiled", "predict_whole", "stack_tiles", "tile_refs"]
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 
 
-@dataclass(frozen=True)
-class Layout:
-    """How an image is cut into model inputs.
+class TiledImage:
+    """One pre-processed ``(H, W, C)`` image cut by a layout: its tiles as model inputs, then the
+    blend of their predictions (a whole-image layout gives one tile: the padded image)."""
 
-    Attributes:
-        tile: ``(height, width)`` of the tiles, or None for one pass over the whole image.
-        overlap: minimum overlap of neighbouring tiles (and the cosine ramp length), pixels.
-        blend: blending window of overlapping tiles: ``cosine``, ``gaussian`` or ``none``.
-        multiple: whole-image passes pad the image to a multiple of this.
+    def __init__(self, x: np.ndarray, layout: Layout):
+        self.height, self.width = x.shape[:2]
+        self._padded, self.tile, self.corners, self._window = layout.cut(x)
+        self.padded_size = self._padded.shape[:2]
+        self.channels = self._padded.shape[2]
+        self.remaining = len(self.corners)  # tiles whose prediction is not blended yet
+        self._stitcher: Stitcher | None = None
+        self._probs: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        """Number of tiles."""
+        return len(self.corners)
+
+    def tile_input(self, i: int) -> np.ndarray:
+        """The ``i``-th tile of the padded input (a view)."""
+        y, x = self.corners[i]
+        return self._padded[y:y + self.tile[0], x:x + self.tile[1]]
+
+    def release_input(self) -> None:
+        """Drop the padded input (every tile was copied into a batch)."""
+        self._padded = None
+
+    def add(self, pred: np.ndarray, i: int) -> bool:
+        """Blend the ``(h, w, K)`` prediction of the ``i``-th tile; True when it was the last one."""
+        if self._window is None:
+            self._probs = pred[:self.height, :self.width]
+        else:
+            if self._stitcher is None:
+                self._stitcher = Stitcher(*self.padded_size, pred.shape[-1], self._window)
+            self._stitcher.add(pred, *self.corners[i])
+        self.remaining -= 1
+        return self.remaining == 0
+
+    def probabilities(self) -> np.ndarray:
+        """The blended ``(H, W, K)`` float32 probabilities (once every tile was added)."""
+        if self.remaining:
+            raise RuntimeError(f"{self.remaining} of {len(self)} tiles have no prediction yet")
+        if self._window is None:
+            return self._probs
+        return self._stitcher.result(self.height, self.width)
+
+
+TileRef = tuple[TiledImage, int]  # the i-th tile of an image
+
+
+def tile_refs(images: Iterable[TiledImage]) -> Iterator[TileRef]:
+    """Every tile of every image, in order."""
+    for image in images:
+        for i in range(len(image)):
+            yield image, i
+
+
+def batches(refs: Iterable[TileRef], batch_size: int) -> Iterator[list[TileRef]]:
+    """Consecutive tiles in batches of ``batch_size``, across images; a batch is cut short only
+    where the tile shape changes (whole-image layouts) and at the end."""
+    pending: list[TileRef] = []
+    for ref in refs:
+        if pending and pending[0][0].tile != ref[0].tile:
+            yield pending
+            pending = []
+        pending.append(ref)
+        if len(pending) == batch_size:
+            yield pending
+            pending = []
+    if pending:
+        yield pending
+
+
+def stack_tiles(refs: list[TileRef]) -> tuple[np.ndarray, int]:
+    """``(batch, completed)``: the float32 ``(N, h, w, C)`` batch of these tiles, and how many images
+    had their last tile in it (their inputs are released)."""
+    first = refs[0][0]
+    batch = np.empty((len(refs), *first.tile, first.channels), dtype=np.float32)
+    completed = 0
+    for k, (image, i) in enumerate(refs):
+        batch[k] = image.tile_input(i)
+        if i == len(image) - 1:
+            image.release_input()
+            completed += 1
+    return batch, completed
+
+
+def predict_batch(predict: Predictor, batch: np.ndarray, name: str = "the model") -> np.ndarray:
+    """``predict(batch)`` as float32, checked to be ``N x h x w x K`` for an ``N x h x w x C`` batch.
+
+    Raises:
+        ModelError: an output of another shape (``name`` says which model).
     """
-
-    tile: tuple[int, int] | None
-    overlap: int = 0
-    blend: str = "cosine"
-    multiple: int = 1
-
-    def cut(self, image: np.ndarray) -> tuple[np.ndarray, tuple[int, int], list[tuple[int, int]], np.ndarray | None]:
-        """``(padded image, tile size, tile corners, blending window or None for a whole pass)``.
-
-        The image is reflect-padded at the bottom/right: to a tile when smaller than one, or to
-        ``multiple`` for a whole pass; tiles are never resized.
-        """
-        h, w = image.shape[:2]
-        if self.tile is None:
-            ph, pw = tiling.padded_size(h, w, 1, 1, self.multiple)
-            return tiling.pad_image(image, ph, pw, mode="reflect"), (ph, pw), [(0, 0)], None
-        th, tw = self.tile
-        ph, pw, grid = tiling.plan(h, w, th, tw, self.overlap)
-        window = tiling.blend_window(th, tw, self.blend, self.overlap)
-        return tiling.pad_image(image, ph, pw, mode="reflect"), (th, tw), list(grid), window
-
-    def tiles(self, image: np.ndarray) -> np.ndarray:
-        """The (N, h, w, C) model inputs this layout cuts from a pre-processed image (a copy)."""
-        padded, (th, tw), corners, _ = self.cut(image)
-        return np.stack([padded[y:y + th, x:x + tw] for y, x in corners])
+    preds = np.asarray(predict(batch), dtype=np.float32)
+    if preds.ndim != 4 or preds.shape[:3] != batch.shape[:3]:
+        raise ModelError(f"{name}: output of shape {preds.shape} for an input batch of shape {batch.shape}; "
+                         "expected N x H x W x classes probabilities")
+    return preds
 
 
-def predict_image(image: np.ndarray, predict: Predictor, layout: Layout, batch_size: int = 4) -> np.ndarray:
+def blend_batch(preds: np.ndarray, refs: list[TileRef]) -> list[TiledImage]:
+    """Blend each prediction into its image; the images that are now complete, in order."""
+    return [image for pred, (image, i) in zip(preds, refs) if image.add(pred, i)]
+
+
+def predict_image(image: np.ndarray, predict: Predictor, layout: Layout, batch_size: int = 4,
+                  name: str = "the model") -> np.ndarray:
     """Probabilities (H, W, K) for a pre-processed (H, W, C) float32 image cut by ``layout``:
     overlapping tile predictions blended with its window, or one padded whole-image pass."""
-    h, w = image.shape[:2]
-    padded, (th, tw), corners, window = layout.cut(image)
-    if window is None:
-        return np.asarray(predict(padded[None]), dtype=np.float32)[0][:h, :w]
-    stitcher = None
-    for start in range(0, len(corners), batch_size):
-        chunk = corners[start:start + batch_size]
-        probs = np.asarray(predict(np.stack([padded[y:y + th, x:x + tw] for y, x in chunk])), dtype=np.float32)
-        if stitcher is None:
-            stitcher = tiling.Stitcher(padded.shape[0], padded.shape[1], probs.shape[-1], window)
-        stitcher.add_batch(probs, chunk)
-    return stitcher.result(h, w)
+    tiled = TiledImage(image, layout)
+    for refs in batches(tile_refs([tiled]), batch_size):
+        batch, _ = stack_tiles(refs)
+        blend_batch(predict_batch(predict, batch, name), refs)
+    return tiled.probabilities()
 
 
 def predict_tiled(image: np.ndarray, predict: Predictor, tile: tuple[int, int], overlap: int = 64,

@@ -7,54 +7,37 @@
         summary = seg.segment_folder(["slides/"], "out/", colorize=True, resume=True)
 
 It mirrors ``flexunet infer``.  Pre- and post-processing come from the model's metadata
-(:class:`~runtime.modelinfo.ModelInfo`), so they match training.  Outputs of ``segment_folder``,
-for an input ``<stem>.<ext>``, all inside the output folder:
-
-* ``<stem>.png``: the mask, 0/255 for a binary model, class indices for a multiclass one;
-* ``<stem>_color.png``: the mask in the class colours (``colorize``);
-* ``<stem>_overlay.jpg|png``: the colours blended over the input, JPEG for a JPEG input (``overlay``);
-* ``<stem>_prob.npy``: the ``H x W x K`` float32 probabilities (``probabilities``);
-* ``.flexunet_done/<stem>.json``: written last; what produced the outputs (model hash, options),
-  which ``resume`` compares before skipping an input.
-
-Names come from the file name only (leading dots and path separators removed), so no output leaves
-the folder; inputs sharing a name get their parent folder's name appended.
+(:class:`~flexunet.core.modelinfo.ModelInfo`), so they match training; the tiling is resolved once,
+when the Segmenter is made (:func:`~flexunet.runtime.layout.resolve_layout`), and one image and a
+folder run go through the same tiled engine (:mod:`flexunet.runtime.segment`).  A Segmenter does
+not change after it is made.  The files of ``segment_folder`` are described in
+:mod:`flexunet.runtime.outputs`.
 """
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
-import logging
 import os
-from collections import Counter
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
 from flexunet.core import masks
-from flexunet.runtime import postprocess
-from flexunet.core.atomic import atomic_path, write_text
-from flexunet.runtime.backends import Backend, as_backend, load_backend
 from flexunet.core.errors import FlexunetError, ImageReadError, ModelError
-from flexunet.core.machine import sha256_file
-from flexunet.core.imageio import expand_inputs, read_image, write_image
+from flexunet.core.imageio import expand_inputs, read_image
 from flexunet.core.modelinfo import ModelInfo
-from flexunet.runtime.pipeline import Layout, Pipeline, SlideTask
-from flexunet.runtime.segment import predict_tiled, predict_whole
-from flexunet.core import tiling
-from flexunet.core.tiling import BLEND_MODES
+from flexunet.runtime import postprocess
+from flexunet.runtime.backends import Backend, as_backend, load_backend
+from flexunet.runtime.layout import FIT, FIT_MAX_SIDE, Layout, resolve_layout
+from flexunet.runtime.outputs import RECORD_DIR, Outputs, model_digest, output_names, producer
+from flexunet.runtime.pipeline import Pipeline, SlideTask
+from flexunet.runtime.segment import predict_image
 
-log = logging.getLogger("flexunet")
-
-RECORD_DIR = ".flexunet_done"
-FIT = "fit"            # tile="fit": the tile that computes the least area for the image size
-FIT_MAX_SIDE = 1536    # largest fitted tile side (bounds activation memory)
-_NAME_SUFFIXES = ("", "_color", "_overlay", "_prob")  # every output of a stem starts with one of these
-_UNSAFE = str.maketrans({c: "_" for c in '/\\:*?"<>|' + "".join(map(chr, range(32)))})
-
+# Importable from here as before the tiling and the output files had modules of their own.
+__all__ = ["FIT", "FIT_MAX_SIDE", "RECORD_DIR", "ProgressEvent", "RunSummary", "SegmentResult", "Segmenter",
+           "model_digest", "output_names"]
 
 @dataclass(eq=False)
 class SegmentResult:
@@ -135,112 +118,6 @@ class ProgressEvent:
 ProgressCallback = Callable[[ProgressEvent], None]
 
 
-# -- output names ----------------------------------------------------------------------------------
-def _safe_stem(name: str) -> str:
-    """``name`` usable as a file name inside the output folder (no separators, no leading dots)."""
-    return name.translate(_UNSAFE).strip(" ").lstrip(".").rstrip(". ") or "image"
-
-
-def output_names(paths: Sequence[Path]) -> list[str]:
-    """Output stem of each input: its file stem, made safe and unique among the inputs.
-
-    Inputs whose stems collide (case-insensitively) get ``_<parent folder>`` appended; a name
-    still taken (or clashing with another input's ``_color``/``_overlay``/``_prob`` outputs) gets
-    ``_2``, ``_3``... in input order.
-    """
-    stems = [_safe_stem(Path(p).stem) for p in paths]
-    counts = Counter(s.casefold() for s in stems)
-    wanted = [f"{s}_{_safe_stem(Path(p).resolve().parent.name)}" if counts[s.casefold()] > 1 else s
-              for s, p in zip(stems, paths)]
-    taken: set[str] = set()
-    names = []
-    for base in wanted:
-        name, n = base, 2
-        while any((name + suffix).casefold() in taken for suffix in _NAME_SUFFIXES):
-            name, n = f"{base}_{n}", n + 1
-        taken.update((name + suffix).casefold() for suffix in _NAME_SUFFIXES)
-        names.append(name)
-    renamed = [(p, n) for p, s, n in zip(paths, stems, names) if n != s]
-    if renamed:
-        log.warning("inputs share output names; writing " + ", ".join(f"{p} as {n}" for p, n in renamed))
-    return names
-
-
-def model_digest(backend: Backend) -> str:
-    """SHA-256 of the model file (if any) and of its ModelInfo: identifies what produced outputs."""
-    digest = hashlib.sha256(backend.info.to_json().encode("utf-8"))
-    if backend.path is not None and Path(backend.path).is_file():
-        sha256_file(backend.path, digest)
-    return digest.hexdigest()
-
-
-class _Outputs:
-    """The files of one run: where each input's outputs go, writing them, and resume records."""
-
-    def __init__(self, out_dir: Path, producer: dict, *, colorize: bool, overlay: bool, probabilities: bool):
-        self.out_dir = out_dir
-        self.producer = producer
-        self.colorize, self.overlay, self.probabilities = colorize, overlay, probabilities
-
-    def files(self, task: SlideTask) -> dict[str, Path]:
-        """Requested output kind -> file."""
-        files = {"mask": self.out_dir / f"{task.name}.png"}
-        if self.colorize:
-            files["color"] = self.out_dir / f"{task.name}_color.png"
-        if self.overlay:
-            ext = ".jpg" if task.path.suffix.lower() in (".jpg", ".jpeg") else ".png"
-            files["overlay"] = self.out_dir / f"{task.name}_overlay{ext}"
-        if self.probabilities:
-            files["probabilities"] = self.out_dir / f"{task.name}_prob.npy"
-        return files
-
-    def record_file(self, task: SlideTask) -> Path:
-        return self.out_dir / RECORD_DIR / f"{task.name}.json"
-
-    def record(self, task: SlideTask) -> dict:
-        """What the record of a complete output set says (None-free, JSON-comparable)."""
-        return {"input": task.path.name, "input_bytes": task.path.stat().st_size, **self.producer,
-                "outputs": sorted(p.name for p in self.files(task).values())}
-
-    def check_inputs(self, tasks: Sequence[SlideTask]) -> None:
-        """FlexunetError if an output would replace one of the inputs."""
-        inputs = {t.path.resolve(): t.path for t in tasks}
-        for task in tasks:
-            for path in self.files(task).values():
-                if path.resolve() in inputs:
-                    raise FlexunetError(f"{path}: the output would replace the input {inputs[path.resolve()]}; "
-                                        "choose another output folder")
-
-    def is_complete(self, task: SlideTask) -> bool:
-        """Whether every requested output exists and the record matches this model and options."""
-        try:
-            written = json.loads(self.record_file(task).read_text(encoding="utf-8"))
-            expected = self.record(task)
-        except (OSError, ValueError):
-            return False
-        return written == expected and all(p.is_file() for p in self.files(task).values())
-
-    def write(self, task: SlideTask, result: SegmentResult) -> None:
-        """Write the requested outputs, each atomically, then the record."""
-        files = self.files(task)
-        write_image(files["mask"], result.mask)
-        if "color" in files:
-            write_image(files["color"], result.colorized)
-        if "overlay" in files:
-            write_image(files["overlay"], result.overlay)
-        if "probabilities" in files:
-            _write_npy(files["probabilities"], result.probabilities)
-        write_text(self.record_file(task), json.dumps(self.record(task), indent=1, sort_keys=True))
-
-
-def _write_npy(path: Path, array: np.ndarray) -> None:
-    try:
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.save(f, array)
-    except OSError as exc:
-        raise FlexunetError(f"{path}: cannot write ({exc.strerror or exc})") from None
-
-
 class _Progress:
     """Counts reported inputs and forwards :class:`ProgressEvent` s to the user's callback."""
 
@@ -253,39 +130,52 @@ class _Progress:
             self.callback(ProgressEvent(status, task.path, self.finished, self.total, reason))
 
 
+class _Handover:
+    """The pipeline's reader: hands over, once, the image the run already decoded to fit its tile,
+    and decodes every other input (with ``read_image`` as this module has it at the time)."""
+
+    def __init__(self, path: Path | None, image: np.ndarray | None):
+        self._path, self._image = path, image
+        self._lock = threading.Lock()
+
+    def __call__(self, path: Path) -> np.ndarray:
+        with self._lock:
+            if self._image is not None and path == self._path:
+                image, self._image = self._image, None
+                return image
+        return read_image(path)
+
+
+def _from_layout(name: str, doc: str) -> property:
+    """A read-only Segmenter attribute that is a field of its layout."""
+    return property(lambda self: getattr(self._layout, name), doc=doc)
+
+
 # -- the segmenter -----------------------------------------------------------------------------------
-def _size_pair(value, what: str) -> tuple[int, int]:
-    """``512`` or ``(512, 768)`` -> ``(h, w)`` of positive ints."""
-    pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and v >= 1 for v in pair):
-        raise FlexunetError(f"{what} must be a positive size or a (height, width) pair, got {value!r}")
-    return int(pair[0]), int(pair[1])
-
-
-def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
-
-
 class Segmenter:
     """Segments images with a UNet model: batched, blended tiled inference (or one whole-image
     pass), then threshold/argmax and optional clean-up, all as the model's metadata says.
 
     Args:
         model: an ``.onnx``, ``.keras`` or TensorRT ``.engine``/``.plan`` file, or a loaded
-            backend (a :class:`~runtime.backends.base.Backend` or a runner with the same
+            backend (a :class:`~flexunet.runtime.backends.base.Backend` or a runner with the same
             attributes; not closed by :meth:`close`).
-        backend: see :data:`runtime.backends.base.BACKENDS`; ``auto`` picks the fastest available.
-        tile: tile size ``n`` or ``(h, w)``.  Default: the training input size.  A model with a
-            fixed input size only takes that size; for a dynamic-size model the tile is rounded up
-            to a multiple of ``info.multiple`` (larger tiles: fewer seams, bigger batches).
-        overlap: minimum overlap of neighbouring tiles in pixels.  Default: the model's (64),
+        backend: see :data:`~flexunet.runtime.backends.base.BACKENDS`; ``auto`` picks the fastest
+            available.
+        tile: tile size ``n`` or ``(h, w)``, or ``"fit"`` (dynamic-size models: the tile computing
+            the least area for the image size; a folder run fits it to its first readable input).
+            Default: the model's (its training input size).  A model with a fixed input size only
+            takes that size; for a dynamic-size model the tile is rounded up to a multiple of
+            ``info.multiple`` (larger tiles: fewer seams, bigger batches).
+        overlap: minimum overlap of neighbouring tiles in pixels.  Default: the model's (else 64),
             limited to half the tile.
         batch_size: tiles per ``predict`` call (limited to the backend's ``max_batch``).
-        blend: ``cosine``, ``gaussian`` or ``none`` (plain averaging).  Default: the model's.
+        blend: ``cosine``, ``gaussian`` or ``none`` (plain averaging).  Default: the model's (else
+            cosine).
         whole: one pass over the whole image padded to ``info.multiple`` instead of tiles (needs a
             dynamic-size model): the reference for tiling quality.
-        threshold: foreground threshold of a binary model.  Default: the model's (0.5).
-        fill_holes: fill background holes enclosed by one class (:func:`runtime.postprocess.fill_holes`).
+        threshold: foreground threshold of a binary model.  Default: the model's (else 0.5).
+        fill_holes: fill background holes enclosed by one class (:func:`~flexunet.runtime.postprocess.fill_holes`).
         min_size: remove objects smaller than this many pixels (0: keep all).
         threads: CPU threads for ONNX Runtime (default: all cores).
         config: training config of a ``.keras`` model (default: the one beside it).
@@ -307,78 +197,69 @@ class Segmenter:
         self.backend: Backend = load_backend(model, backend, threads=threads, config=config) \
             if self._owns_backend else as_backend(model)
         try:
-            self._configure(tile, overlap, batch_size, blend, whole, threshold, min_size)
+            self._layout = self._checked(self._resolve(tile, overlap, blend, whole))
+            if batch_size < 1:
+                raise FlexunetError(f"batch size must be at least 1, got {batch_size}")
+            self.threshold = self.info.threshold if threshold is None else float(threshold)
+            if not 0.0 <= self.threshold <= 1.0:
+                raise FlexunetError(f"threshold must be between 0 and 1, got {self.threshold}")
+            if min_size < 0:
+                raise FlexunetError(f"min size must be at least 0, got {min_size}")
         except BaseException:
             self.close()
             raise
+        self.batch_size = min(batch_size, self.backend.max_batch or batch_size)
+        self.min_size = int(min_size)
         self.fill_holes = bool(fill_holes)
         self.readers = readers
         self.max_in_flight = max_in_flight
-        self._digest: str | None = None
 
-    def _configure(self, tile, overlap, batch_size, blend, whole, threshold, min_size) -> None:
-        info = self.info
-        fixed = self.backend.fixed_size
-        where = self.backend.path or self.backend.name
-        if whole:
-            if fixed is not None:
-                raise FlexunetError(f"{where}: --whole needs a model that accepts any input size; this "
-                                    f"one is fixed at {fixed[0]}x{fixed[1]} (use tiled inference)")
-            self.tile = None
-        elif fixed is not None:
-            if tile is not None and _size_pair(tile, "tile") != tuple(fixed):
-                raise FlexunetError(f"{where}: the model's input is fixed at {fixed[0]}x{fixed[1]}; "
-                                    f"tile {tile} is not possible (leave it out)")
-            self.tile = tuple(fixed)
-        elif tile == FIT:
-            self.tile = None  # chosen from the first image's size (fit_tile)
-        else:
-            th, tw = _size_pair(tile, "tile") if tile is not None else info.tile_size
-            self.tile = (_round_up(th, info.multiple), _round_up(tw, info.multiple))
-            if not self.backend.accepts(*self.tile):
-                raise FlexunetError(f"{where}: {self.backend.name} cannot run {self.tile[0]}x{self.tile[1]} "
-                                    "tiles; choose another tile size")
-        self.whole = bool(whole)
-        self.fit = tile == FIT and self.tile is None and not self.whole
-        if self.whole:
-            self.overlap = 0
-        elif overlap is None:
-            self.overlap = int(info.overlap) if self.fit else min(int(info.overlap), min(self.tile) // 2)
-        elif not 0 <= overlap < min(self.tile or (FIT_MAX_SIDE // 2, FIT_MAX_SIDE // 2)):
-            raise FlexunetError(f"overlap must be at least 0 and smaller than the tile, got {overlap}")
-        else:
-            self.overlap = int(overlap)
-        self.blend = blend or info.blend
-        if self.blend not in BLEND_MODES:
-            raise FlexunetError(f"blend must be one of {', '.join(BLEND_MODES)}, got {self.blend!r}")
-        if batch_size < 1:
-            raise FlexunetError(f"batch size must be at least 1, got {batch_size}")
-        self.batch_size = min(batch_size, self.backend.max_batch or batch_size)
-        self.threshold = info.threshold if threshold is None else float(threshold)
-        if not 0.0 <= self.threshold <= 1.0:
-            raise FlexunetError(f"threshold must be between 0 and 1, got {self.threshold}")
-        if min_size < 0:
-            raise FlexunetError(f"min size must be at least 0, got {min_size}")
-        self.min_size = int(min_size)
+    def _resolve(self, tile, overlap: int | None, blend: str | None, whole: bool) -> Layout:
+        """:func:`~flexunet.runtime.layout.resolve_layout` for this model; errors name the model."""
+        try:
+            return resolve_layout(self.info, tile, overlap, blend, whole=whole, fixed_size=self.backend.fixed_size)
+        except FlexunetError as exc:
+            raise type(exc)(f"{self.backend.path or self.backend.name}: {exc}") from None
 
+    def _checked(self, layout: Layout) -> Layout:
+        """``layout``, once the backend is known to run its tiles."""
+        if layout.tile is not None and not self.backend.accepts(*layout.tile):
+            raise FlexunetError(f"{self.backend.path or self.backend.name}: {self.backend.name} cannot run "
+                                f"{layout.tile[0]}x{layout.tile[1]} tiles; choose another tile size")
+        return layout
+
+    # -- how images are cut ---------------------------------------------------------------------------
     @property
     def info(self) -> ModelInfo:
         """What the model says about itself (pre-processing, classes, colours, defaults)."""
         return self.backend.info
 
+    tile = _from_layout("tile", "The tile size; None for whole passes and for ``tile=\"fit\"`` (see :meth:`layout`).")
+    overlap = _from_layout("overlap", "Minimum overlap of neighbouring tiles, pixels.")
+    blend = _from_layout("blend", "Blending window of overlapping tiles.")
+    whole = _from_layout("whole", "One padded pass over the whole image instead of tiles.")
+    fit = _from_layout("fit", "Whether the tile is fitted to the image size (``tile=\"fit\"``).")
+
+    def layout(self, image_size: tuple[int, int] | None = None) -> Layout:
+        """How images are cut into model inputs: with ``tile="fit"`` and an ``(h, w)``
+        ``image_size``, the layout fitted to that size; without one, a ``fit`` layout (no tile)."""
+        if image_size is None or not self.fit:
+            return self._layout
+        return self._checked(self._layout.fitted(*image_size))
+
+    def fitted_tile(self, height: int, width: int) -> tuple[int, int]:
+        """The tile with the least computed area for an image of this size (what ``tile="fit"`` uses)."""
+        return replace(self._layout, tile=None, fit=True).fitted(height, width).tile
+
     def describe(self) -> str:
         """One line: how images are cut and batched."""
         if self.whole:
             how = f"whole image (padded to a multiple of {self.info.multiple})"
-        elif self.tile is None:
+        elif self.fit:
             how = f"tiles fitted to the image size (up to {FIT_MAX_SIDE} px), overlap {self.overlap}, {self.blend} blend"
         else:
             how = f"tiles {self.tile[0]}x{self.tile[1]}, overlap {self.overlap}, {self.blend} blend"
         return f"{how}, batch {self.batch_size}"
-
-    def layout(self) -> Layout:
-        """How images are cut into model inputs."""
-        return Layout(tile=self.tile, overlap=self.overlap, blend=self.blend, multiple=self.info.multiple)
 
     # -- one image -----------------------------------------------------------------------------------
     def segment(self, image: np.ndarray | str | os.PathLike) -> SegmentResult:
@@ -388,17 +269,9 @@ class Segmenter:
         image = np.asarray(image)
         if image.dtype != np.uint8 or image.ndim not in (2, 3) or image.size == 0:
             raise ValueError(f"expected a non-empty HxW or HxWxC uint8 image, got {image.dtype} {image.shape}")
-        x = self.info.preprocess(image)
-        if self.whole:
-            probs = predict_whole(x, self.backend.predict, self.info.multiple)
-        else:
-            tile = self.fitted_tile(*image.shape[:2]) if self.fit else self.tile
-            probs = predict_tiled(x, self.backend.predict, tile, self.overlap, self.blend, self.batch_size)
+        probs = predict_image(self.info.preprocess(image), self.backend.predict, self.layout(image.shape[:2]),
+                              self.batch_size, self.backend.name)
         return self._finish(image, probs)
-
-    def fitted_tile(self, height: int, width: int) -> tuple[int, int]:
-        """The tile with the least computed area for an image of this size (``tile="fit"``)."""
-        return tiling.fit_tile(height, width, self.overlap, self.info.multiple, FIT_MAX_SIDE)
 
     def _finish(self, image: np.ndarray, probs: np.ndarray) -> SegmentResult:
         """Probabilities -> labels (threshold or argmax), then the optional clean-up."""
@@ -418,25 +291,37 @@ class Segmenter:
                        resume: bool = False, progress: ProgressCallback | None = None) -> RunSummary:
         """Segment image files and folders (their images, not recursive) into ``out_dir``.
 
-        Decoding, inference, blending and writing run concurrently (:mod:`runtime.pipeline`);
+        Decoding, inference, blending and writing run concurrently (:mod:`flexunet.runtime.pipeline`);
         tiles of consecutive slides share batches.  Unreadable images are skipped and listed in the
         summary.  With ``resume``, inputs whose outputs are complete and were made by this model
-        with these options are not processed again.  ``progress`` is called once per input.
+        with these options (and the same tile) are not processed again.  With ``tile="fit"`` the
+        tile is fitted to the first readable input and used for the whole run.  ``progress`` is
+        called once per input.
 
         Raises:
             FlexunetError: the output folder cannot be written, or an output would replace an input.
             KeyboardInterrupt: after stopping every thread; outputs written so far are complete.
         """
         items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-        paths = expand_inputs(items)
+        return self.segment_files(expand_inputs(items), out_dir, colorize=colorize, overlay=overlay,
+                                  probabilities=probabilities, resume=resume, progress=progress)
+
+    def segment_files(self, paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
+                      colorize: bool = False, overlay: bool = False, probabilities: bool = False,
+                      resume: bool = False, progress: ProgressCallback | None = None) -> RunSummary:
+        """:meth:`segment_folder` for image files already listed (folders are not expanded:
+        ``flexunet infer`` lists its inputs once, with :func:`~flexunet.core.imageio.expand_inputs`)."""
+        paths = [Path(p) for p in paths]
         tasks = [SlideTask(i, p, n) for i, (p, n) in enumerate(zip(paths, output_names(paths)))]
-        out = Path(out_dir)
-        outputs = _Outputs(out, self._producer(), colorize=colorize, overlay=overlay, probabilities=probabilities)
+        layout, first = self._run_layout(tasks)
+        record = producer(model_digest(self.backend), layout, threshold=self.threshold,
+                          fill_holes=self.fill_holes, min_size=self.min_size)
+        outputs = Outputs(Path(out_dir), record, colorize=colorize, overlay=overlay, probabilities=probabilities)
         outputs.check_inputs(tasks)
         try:
-            out.mkdir(parents=True, exist_ok=True)
+            outputs.out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise FlexunetError(f"{out}: cannot create the output folder ({exc.strerror or exc})") from None
+            raise FlexunetError(f"{outputs.out_dir}: cannot create the output folder ({exc.strerror or exc})") from None
         report = _Progress(len(tasks), progress)
         todo, resumed = [], []
         for task in tasks:
@@ -445,17 +330,9 @@ class Segmenter:
                 report("resumed", task)
             else:
                 todo.append(task)
-        if self.fit and self.tile is None:  # one tile size for the whole run: fitted to the first image
-            for task in todo:
-                try:
-                    self.tile = self.fitted_tile(*read_image(task.path).shape[:2])
-                    break
-                except ImageReadError:
-                    continue
-            else:
-                self.tile = self.info.tile_size
+        handover = _Handover(*first) if first[0] in {t.path for t in todo} else _Handover(None, None)
         pipeline = Pipeline(
-            self.backend, self.layout(), read=read_image, prepare=self.info.preprocess,
+            self.backend, layout, read=handover, prepare=self.info.preprocess,
             finish=lambda task, image, probs: self._finish(image, probs), write=outputs.write,
             batch_size=self.batch_size, max_in_flight=self.max_in_flight, readers=self.readers,
             on_slide=report,
@@ -464,16 +341,22 @@ class Segmenter:
         return RunSummary(done=result.done, skipped=result.skipped, resumed=resumed,
                           stage_seconds=result.stage_seconds, wall_seconds=result.wall_seconds)
 
-    def _producer(self) -> dict:
-        """The model hash and the options that determine the outputs (stored in resume records)."""
-        if self._digest is None:
-            self._digest = model_digest(self.backend)
-        return {
-            "model_sha256": self._digest,
-            "options": {"tile": list(self.tile) if self.tile else None, "overlap": self.overlap,
-                        "blend": self.blend, "whole": self.whole, "threshold": self.threshold,
-                        "fill_holes": self.fill_holes, "min_size": self.min_size},
-        }
+    def _run_layout(self, tasks: Sequence[SlideTask]) -> tuple[Layout, tuple[Path | None, np.ndarray | None]]:
+        """The layout of a folder run, and ``(path, image)`` of the input decoded to choose it.
+
+        With ``tile="fit"`` one tile serves the whole run: the one fitted to the first readable
+        input (the model's tile size when none is readable).  That image is decoded once, here, and
+        handed to the pipeline.  Other layouts decode nothing: ``(None, None)``.
+        """
+        if not self.fit:
+            return self._layout, (None, None)
+        for task in tasks:
+            try:
+                image = read_image(task.path)
+            except ImageReadError:
+                continue
+            return self.layout(image.shape[:2]), (task.path, image)
+        return self.layout(self.info.tile_size), (None, None)
 
     # -- lifetime ----------------------------------------------------------------------------------------
     def close(self) -> None:

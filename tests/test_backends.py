@@ -146,7 +146,9 @@ def test_duck_typed_runners_are_adapted(make_onnx):
 
 def test_runtime_imports_do_not_import_tensorflow():
     code = ("import sys, flexunet, flexunet.runtime, flexunet.runtime.segmenter, flexunet.runtime.infer_cli, "
-            "flexunet.runtime.pipeline, flexunet.runtime.postprocess, flexunet.runtime.backends, "
+            "flexunet.runtime.pipeline, flexunet.runtime.segment, flexunet.runtime.layout, "
+            "flexunet.runtime.outputs, flexunet.runtime.admission, flexunet.core.blending, "
+            "flexunet.runtime.postprocess, flexunet.runtime.backends, "
             "flexunet.runtime.backends.onnx, flexunet.runtime.backends.keras; "
             "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)

@@ -19,7 +19,7 @@ from flexunet.cli import cli
 from flexunet.core.config import CONFIG_FILENAME
 from flexunet.core.errors import EXIT_CODES_HELP
 from flexunet.core.imageio import write_image
-
+from seed_configs import BAD_VALUES, write
 
 
 pytestmark = pytest.mark.usefixtures("isolate_cli")
@@ -54,10 +54,7 @@ base_filters   = 4
 
 
 def write_config(folder: Path, text: str) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / CONFIG_FILENAME
-    path.write_text(text, encoding="utf-8")
-    return path
+    return write(folder, text, dedent=False)
 
 
 @pytest.fixture(scope="module")
@@ -123,26 +120,9 @@ def test_summary_folder_without_config(tmp_path):
     assert_one_line_error(run("summary", tmp_path), tmp_path / CONFIG_FILENAME)
 
 
-BAD_SUMMARY_CONFIGS = [
-    ("epochs-string", '[train]\nepochs = "ten"\n', "[train] epochs"),
-    ("epochs-zero", "[train]\nepochs = 0\n", "[train] epochs"),
-    ("num-classes-zero", "[model]\nnum_classes = 0\n", "[model] num_classes"),
-    ("base-kernels-even", "[model]\nbase_kernels = (4,4)\n", "[model] base_kernels"),
-    ("dilation-unequal", "[model]\ndilation = (2,3)\n", "[model] dilation"),
-    ("dropout-rate", "[model]\ndropout_rate = 1.5\n", "[model] dropout_rate"),
-    ("width-multiple", "[model]\nnum_layers = 8\nimage_width = 500\nimage_height = 512\n",
-     "[model] image_width"),
-    ("learning-rate", "[model]\nlearning_rate = -1\n", "[model] learning_rate"),
-    ("image-channels", "[model]\nimage_channels = 4\n", "[model] image_channels"),
-    ("activation", '[model]\nactivation = "nope"\n', "[model] activation"),
-    ("color-converter", '[image]\ncolor_converter = "cv2.COLOR_NOPE"\n', "[image] color_converter"),
-    ("interpolation", '[dataset]\nresize_interpolation = "cv2.INTER_WHATEVER"\n',
-     "[dataset] resize_interpolation"),
-    ("multiclass-no-rgb-map", "[model]\nnum_classes = 6\n", "[mask] rgb_map"),
-    ("rgb-map-mismatch", "[model]\nnum_classes = 3\n[mask]\nrgb_map = {(0,0,0):0, (255,0,0):1}\n",
-     "[mask] rgb_map"),
-    ("threshold", "[mask]\nthreshold = 300\n", "[mask] threshold"),
-    # accepted by the reader, refused when the model is built: still one line, still exit 2
+# Every value the config tests refuse, through the command line; plus one the reader accepts and the
+# model builder refuses: still one line, still exit 2.
+BAD_SUMMARY_CONFIGS = [(case, text, f"[{section}] {key}") for case, text, section, key in BAD_VALUES] + [
     ("dropout-times-depth", "[model]\ndropout_rate = 0.6\n", "[model] dropout_rate"),
 ]
 

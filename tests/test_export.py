@@ -13,7 +13,6 @@ from click.testing import CliRunner
 
 from flexunet.cli import cli
 from flexunet.core.config import load_config
-from flexunet.core.errors import VerificationError
 from flexunet.train.synth import CLASS_COLORS_RGB, make_dataset
 
 CONFIG = """
@@ -83,6 +82,15 @@ def multiclass_model(tmp_path_factory):
 
 def export(*args):
     return CliRunner().invoke(cli, ["export", *[str(a) for a in args]])
+
+
+def _snapshot(folder: Path) -> dict:
+    """Every file and folder under ``folder`` (hidden ones too), files with their bytes' hash and
+    modification time."""
+    import hashlib
+
+    return {str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+            if p.is_file() else None for p in sorted(folder.rglob("*"))}
 
 
 def test_binary_export_verified_with_metadata(binary_model, tmp_path):
@@ -157,12 +165,83 @@ def test_verification_catches_a_damaged_weight(binary_model, tmp_path, monkeypat
         onnx.save(proto, str(dest))
         return dest
 
-    monkeypatch.setattr(ox, "convert", damaged)
     out = tmp_path / "out"
+    assert export(binary_model, "-o", out).exit_code == 0
+    before = _snapshot(out)
+    monkeypatch.setattr(ox, "convert", damaged)
     r = export(binary_model, "-o", out)
     assert r.exit_code == 1, r.output + r.stderr
     assert "does not reproduce the Keras model" in r.stderr and "Traceback" not in r.output
-    assert not (out / "model.onnx").exists() and not list(out.glob(".export-*"))  # nothing half-written
+    assert _snapshot(out) == before  # the previous export as it was: nothing replaced, nothing half-written
+    fresh = tmp_path / "new" / "out"
+    assert export(binary_model, "-o", fresh).exit_code == 1
+    assert not (tmp_path / "new").exists()  # the folders this export created are gone again
+
+
+def test_triton_repo_at_a_file_is_refused_before_anything_is_written(binary_model, tmp_path):
+    out = tmp_path / "out"
+    assert export(binary_model, "-o", out, "--triton-repo", tmp_path / "triton").exit_code == 0
+    before = _snapshot(tmp_path)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    for dest in (out, tmp_path / "fresh"):
+        r = export(binary_model, "-o", dest, "--optimize", "--triton-repo", blocker)
+        assert r.exit_code == 2 and "Triton repository is not writable" in r.stderr, r.stderr
+        assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.output
+    after = _snapshot(tmp_path)
+    del after["not-a-folder"]
+    assert after == before  # the previous export, its Triton repository, and no new folder
+
+
+def test_tensorrt_step_builds_verifies_and_keeps_its_caches(binary_model, tmp_path, monkeypatch):
+    """The TensorRT step with a stand-in builder and runner (no GPU needed): the engine, its sidecar
+    and the caches appear with the other artifacts, the report names them where they end up, the
+    engine is verified like every artifact, and one that disagrees is refused with nothing written."""
+    from flexunet.export import steps, tensorrt
+    from flexunet.export.verify import onnx_predict
+
+    seen = {}
+
+    def build(onnx_path, engine_path, precision, min_batch, opt_batch, max_batch, calibration_tiles,
+              calibration_cache, timing_cache, info):
+        seen.update(onnx=onnx_path, timing=timing_cache.read_text() if timing_cache.is_file() else None,
+                    batches=(min_batch, opt_batch, max_batch))
+        engine_path.write_bytes(onnx_path.read_bytes())  # this "engine" runs as the FP32 model does
+        timing_cache.write_text("new timing")
+        record = {"precision": precision, "timing_cache": {"path": str(timing_cache), "loaded": True}}
+        sidecar = engine_path.with_name(engine_path.name + ".json")
+        sidecar.write_text(json.dumps({"build": record}))
+        return {"build": record, "engine": str(engine_path), "sidecar": str(sidecar),
+                "bytes": engine_path.stat().st_size}
+
+    monkeypatch.setattr(tensorrt, "check_available", lambda device=0: None)
+    monkeypatch.setattr(tensorrt, "build_engine", build)
+    monkeypatch.setattr(steps, "engine_predict", lambda path, tiles: onnx_predict(seen["onnx"], tiles))
+    out, triton = tmp_path / "out", tmp_path / "triton"
+    out.mkdir()
+    (out / "timing.cache").write_text("old timing")
+    r = export(binary_model, "-o", out, "--trt", "fp16", "--max-batch", "4", "--triton-repo", triton)
+    assert r.exit_code == 0, r.output + r.stderr
+    assert seen["timing"] == "old timing" and (out / "timing.cache").read_text() == "new timing"
+    assert seen["batches"] == (1, 4, 4)
+    report = json.loads((out / "export_report.json").read_text())
+    e = report["artifacts"]["model.fp16.engine"]
+    assert (e["engine"], e["sidecar"]) == (str(out / "model.fp16.engine"), str(out / "model.fp16.engine.json"))
+    assert e["build"]["timing_cache"]["path"] == str(out / "timing.cache")
+    sidecar = json.loads((out / "model.fp16.engine.json").read_text())
+    assert sidecar["build"]["timing_cache"]["path"] == str(out / "timing.cache")
+    assert e["vs_keras"]["dice"] == 1.0 and e["vs_keras"]["tiles"] == report["verification_tiles"]["count"]
+    assert str(out / "model.fp16.engine") in report["written"]
+    tri = triton / "flexunet_unet"
+    assert (tri / "1" / "model.plan").read_bytes() == (out / "model.fp16.engine").read_bytes()
+    assert 'platform: "tensorrt_plan"' in (tri / "config.pbtxt").read_text() and not (tri / "1" / "model.onnx").exists()
+    assert not list(out.glob(".export-*")) and not list(triton.glob(".*"))
+
+    before = _snapshot(tmp_path)
+    monkeypatch.setattr(steps, "engine_predict", lambda path, tiles: 1.0 - onnx_predict(seen["onnx"], tiles))
+    r = export(binary_model, "-o", out, "--trt", "fp16", "--max-batch", "4", "--triton-repo", triton)
+    assert r.exit_code == 1 and "model.fp16.engine does not reproduce the Keras model" in r.stderr, r.stderr
+    assert _snapshot(tmp_path) == before
 
 
 def test_int8_export_reports_dice_and_refuses_below_limit(binary_model, tmp_path):
@@ -191,9 +270,9 @@ def test_int8_export_reports_dice_and_refuses_below_limit(binary_model, tmp_path
     out2 = tmp_path / "out2"
     r = export(binary_model, "-o", out2, "--int8", "--calibration-images", calib, "--calibration-count", "4",
                "--int8-min-dice", "1.0")
-    if r.exit_code != 0:  # dice below 1.0: refused, nothing written
-        assert r.exit_code == 1 and "model.int8.onnx" in r.stderr
-        assert not (out2 / "model.int8.onnx").exists() and not (out2 / "model.onnx").exists()
+    if r.exit_code != 0:  # dice below 1.0: refused, nothing written, not even the folder
+        assert r.exit_code == 1 and "model.int8.onnx" in r.stderr and "the FP32 model" in r.stderr
+        assert not out2.exists()
 
 
 def test_int8_shortfall_line_only_below_the_target():
@@ -210,10 +289,11 @@ def test_int8_shortfall_line_only_below_the_target():
 def test_int8_mixed_precision_search_keeps_sensitive_convolutions_in_fp32(binary_model, tmp_path):
     import onnx
 
-    from flexunet.export import cpu
     from flexunet.core.compare import compare
-    from flexunet.export.onnx import onnx_predict, read_info
+    from flexunet.export import int8_search as search
+    from flexunet.export.onnx import read_info
     from flexunet.export.tiles import calibration_tiles, hold_out
+    from flexunet.export.verify import onnx_predict
 
     out = tmp_path / "out"
     assert export(binary_model, "-o", out).exit_code == 0
@@ -223,12 +303,12 @@ def test_int8_mixed_precision_search_keeps_sensitive_convolutions_in_fp32(binary
     assert (len(calib), len(check)) == (20, 12)
     dest = tmp_path / "model.int8.onnx"
     # an unreachable target makes the search measure every convolution and keep up to max_float
-    t = cpu.tune_int8(out / "model.onnx", dest, calib, check, info.input_name, info.threshold,
+    t = search.tune_int8(out / "model.onnx", dest, calib, check, info.input_name, info.threshold,
                       target_dice=1.01, weight_bits=8, max_float=2)
     assert t.candidates > 0 and len(t.sensitivity) == t.candidates
     assert len(t.float_nodes) <= 2 and all(t.sensitivity[n] > 0 for n in t.float_nodes)
-    assert 0 <= t.float_share <= t.max_float_share == cpu.MAX_FLOAT_SHARE
-    costs = cpu.conv_costs(onnx.load(str(out / "model.onnx")), (64, 64, 3), convert_cost=0)
+    assert 0 <= t.float_share <= t.max_float_share == search.MAX_FLOAT_SHARE
+    costs = search.conv_costs(onnx.load(str(out / "model.onnx")), (64, 64, 3), convert_cost=0)
     assert sum(costs.values()) == pytest.approx(1.0) and all(c > 0 for c in costs.values())
     # a level down, twice the channels on a quarter of the area: the same multiply-adds
     enc0, enc1 = (next(c for k, c in costs.items() if k.startswith(name)) for name in ("enc0_conv2", "enc1_conv2"))
@@ -236,7 +316,7 @@ def test_int8_mixed_precision_search_keeps_sensitive_convolutions_in_fp32(binary
     head = list(costs.values())[-1]  # 1x1, one output channel
     assert head == pytest.approx(enc0 / 9 / 6)
     # conversions add to the cost: 6 + 1 channels at 64x64 for the head
-    with_conv = cpu.conv_costs(onnx.load(str(out / "model.onnx")), (64, 64, 3), convert_cost=32)
+    with_conv = search.conv_costs(onnx.load(str(out / "model.onnx")), (64, 64, 3), convert_cost=32)
     macs_total = 6 * 6 * 9 * 64 * 64 / enc0
     assert with_conv[list(costs)[-1]] == pytest.approx(head + 32 * 7 * 64 * 64 / macs_total)
     assert t.dice >= t.dice_all_int8 and t.variants_tried >= 1 + t.candidates
@@ -254,7 +334,7 @@ def test_int8_mixed_precision_search_keeps_sensitive_convolutions_in_fp32(binary
     assert not list(tmp_path.glob("*.prep.onnx")) and not list(tmp_path.glob("*.calib.json"))
 
     # a reachable target stops at once: no sensitivity pass
-    t0 = cpu.tune_int8(out / "model.onnx", dest, calib, check, info.input_name, info.threshold, target_dice=0.0)
+    t0 = search.tune_int8(out / "model.onnx", dest, calib, check, info.input_name, info.threshold, target_dice=0.0)
     assert t0.variants_tried == 1 and t0.float_nodes == [] and t0.sensitivity == {}
 
 
@@ -268,6 +348,8 @@ def test_bad_inputs_give_one_line_errors(binary_model, tmp_path):
         ([binary_model, "-o", tmp_path / "o3", "--int8", "--calibration-images", empty], "no readable images"),
         ([binary_model, "-o", tmp_path / "o4", "--int8", "--calibration-images", tmp_path / "nope"],
          "does not exist"),
+        ([binary_model, "-o", tmp_path / "o6", "--min-batch", "4", "--opt-batch", "2"], "--min-batch"),
+        ([binary_model, "-o", tmp_path / "o7", "--triton-repo", binary_model], "Triton repository is not writable"),
     ]
     corrupt = tmp_path / "corrupt.keras"
     corrupt.write_bytes(b"PK\x03\x04garbage")
@@ -279,6 +361,7 @@ def test_bad_inputs_give_one_line_errors(binary_model, tmp_path):
         lines = r.stderr.strip().splitlines()
         assert lines[-1].startswith("error: ") and fragment in lines[-1], (args, r.stderr)
         assert "Traceback" not in r.output
+        assert not Path(args[2]).exists(), args  # refused before anything was written
 
 
 def test_unwritable_output_folder(binary_model, tmp_path):
@@ -299,6 +382,7 @@ def test_output_path_that_is_a_file(binary_model, tmp_path):
     blocker.write_text("x")
     r = export(binary_model, "-o", blocker / "out")
     assert r.exit_code == 2 and "not writable" in r.stderr and "Traceback" not in r.output
+    assert blocker.read_text() == "x"
 
 
 def test_trt_without_gpu_says_why(binary_model, tmp_path):
@@ -310,24 +394,68 @@ def test_trt_without_gpu_says_why(binary_model, tmp_path):
     r = export(binary_model, "-o", tmp_path / "out", "--trt", "fp16")
     assert r.exit_code == 2
     assert r.stderr.strip().splitlines() == [f"error: --trt fp16: {reason}"]
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert not (tmp_path / "out").exists()
 
 
-def test_verification_error_is_exit_code_1():
-    assert VerificationError("x").exit_code == 1
+def test_check_folder_refuses_without_creating_anything(tmp_path):
+    from flexunet.core.errors import FlexunetError
+    from flexunet.export.staging import check_folder
+
+    check_folder(tmp_path / "a" / "b")  # can be made: accepted, not made
+    assert not (tmp_path / "a").exists()
+    (tmp_path / "file").write_text("x")
+    for bad in (tmp_path / "file", tmp_path / "file" / "sub" / "out"):
+        with pytest.raises(FlexunetError, match=f"{bad}: output folder is not writable .*file is not a folder"):
+            check_folder(bad)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_staging_commits_together_or_leaves_no_trace(tmp_path):
+    from flexunet.export.staging import Staging
+
+    out, repo = tmp_path / "new" / "out", tmp_path / "repo"
+    with pytest.raises(RuntimeError):
+        with Staging(out, repo) as staging:
+            assert staging.tmp.parent == out and repo.is_dir()
+            (staging.tmp / "a.onnx").write_text("a")
+            (staging.replacing(repo / "model") / "config.pbtxt").write_text("c")
+            raise RuntimeError("a step failed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # the folders it made are gone again
+
+    out.mkdir(parents=True)
+    (out / "a.onnx").write_text("old a")
+    (out / "keep.txt").write_text("k")
+    (repo / "model").mkdir(parents=True)
+    (repo / "model" / "old.plan").write_text("old")
+    with pytest.raises(RuntimeError):
+        with Staging(out, repo) as staging:
+            (staging.tmp / "a.onnx").write_text("new a")
+            raise RuntimeError("a step failed")
+    assert (out / "a.onnx").read_text() == "old a" and sorted(p.name for p in out.iterdir()) == ["a.onnx", "keep.txt"]
+
+    with Staging(out, repo) as staging:
+        (staging.tmp / "a.onnx").write_text("new a")
+        (staging.tmp / "b.onnx").write_text("b")
+        (staging.replacing(repo / "model") / "config.pbtxt").write_text("c")
+        moved = staging.commit(["a.onnx", "b.onnx", "absent.onnx"])
+    assert moved == [out / "a.onnx", out / "b.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == ["a.onnx", "b.onnx", "keep.txt"]
+    assert (out / "a.onnx").read_text() == "new a"
+    assert sorted(p.name for p in repo.iterdir()) == ["model"] and [p.name for p in (repo / "model").iterdir()] == [
+        "config.pbtxt"]
 
 
 def test_int8_weight_bits_follow_the_cpu(monkeypatch):
-    from flexunet.export import cpu
     from flexunet.core.errors import FlexunetError
+    from flexunet.export import int8_quantize as q
 
-    monkeypatch.setattr(cpu, "cpu_has_vnni", lambda: True)
-    assert cpu.int8_weight_bits("auto") == 8
-    monkeypatch.setattr(cpu, "cpu_has_vnni", lambda: False)
-    assert cpu.int8_weight_bits("auto") == 7
-    assert cpu.int8_weight_bits("8") == 8 and cpu.int8_weight_bits("7") == 7
+    monkeypatch.setattr(q, "cpu_has_vnni", lambda: True)
+    assert q.int8_weight_bits("auto") == 8
+    monkeypatch.setattr(q, "cpu_has_vnni", lambda: False)
+    assert q.int8_weight_bits("auto") == 7
+    assert q.int8_weight_bits("8") == 8 and q.int8_weight_bits("7") == 7
     with pytest.raises(FlexunetError, match="weight bits"):
-        cpu.int8_weight_bits("6")
+        q.int8_weight_bits("6")
 
 
 def test_calibration_views_make_up_a_short_tile_count():
@@ -352,7 +480,7 @@ def test_pointwise_convolution_as_matmul_is_exact():
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from flexunet.export.cpu import _pointwise_as_matmul
+    from flexunet.export.int8_rewrites import pointwise_as_matmul
 
     rng = np.random.default_rng(3)
     w = numpy_helper.from_array(rng.standard_normal((2, 5, 1, 1)).astype(np.float32), "w")
@@ -362,7 +490,7 @@ def test_pointwise_convolution_as_matmul_is_exact():
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 5, 6, 7])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 2, 6, 7])], [w, b])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
-    rewritten, added = _pointwise_as_matmul(model, {"head"})
+    rewritten, added = pointwise_as_matmul(model, {"head"})
     assert [n.op_type for n in rewritten.graph.node] == ["Transpose", "MatMul", "Add", "Transpose"]
     assert len(added) == 3 and [n.op_type for n in model.graph.node] == ["Conv"]  # the original is untouched
     onnx.checker.check_model(rewritten)
@@ -372,7 +500,7 @@ def test_pointwise_convolution_as_matmul_is_exact():
         return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
 
     np.testing.assert_allclose(run(rewritten), run(model), rtol=1e-5, atol=1e-5)
-    assert _pointwise_as_matmul(model, {"other"})[1] == []  # only the convolutions named
+    assert pointwise_as_matmul(model, {"other"})[1] == []  # only the convolutions named
 
 
 def _first_layers_model(channels=3, offset=0.0):
@@ -411,11 +539,11 @@ def test_input_scaling_as_channel_padding_matmul_is_exact():
     import onnx
     from onnx import numpy_helper
 
-    from flexunet.export.cpu import _input_as_matmul, _output_convs
+    from flexunet.export.int8_rewrites import input_as_matmul, output_convs
 
     x = np.random.default_rng(5).integers(0, 256, (2, 8, 8, 3)).astype(np.float32)
     model = _first_layers_model()
-    rewritten, exact = _input_as_matmul(copy.deepcopy(model))
+    rewritten, exact = input_as_matmul(copy.deepcopy(model))
     onnx.checker.check_model(rewritten)
     assert [n.op_type for n in rewritten.graph.node][:3] == ["MatMul", "Transpose", "Conv"]  # Mul, Add(0) folded
     w = {i.name: numpy_helper.to_array(i) for i in rewritten.graph.initializer}["w"]
@@ -423,22 +551,23 @@ def test_input_scaling_as_channel_padding_matmul_is_exact():
     np.testing.assert_allclose(_run(rewritten, x), _run(model, x), rtol=1e-6, atol=1e-6)
     # where the uint8 grid can be kept: the tensors into the convolution, times 1/255 on the way
     assert exact.gain == pytest.approx(1 / 255) and exact.tensors[-1] == "t"
-    assert _output_convs(rewritten) == ["head"]
+    assert output_convs(rewritten) == ["head"]
 
     shifted = _first_layers_model(offset=-0.5)  # an offset stays (as an Add) and is exact too
-    rewritten, exact = _input_as_matmul(copy.deepcopy(shifted))
+    rewritten, exact = input_as_matmul(copy.deepcopy(shifted))
     assert exact is None and [n.op_type for n in rewritten.graph.node][:2] == ["MatMul", "Add"]
     np.testing.assert_allclose(_run(rewritten, x), _run(shifted, x), rtol=1e-6, atol=1e-6)
 
     four = _first_layers_model(channels=4)  # already a multiple of 4: unchanged
-    assert _input_as_matmul(copy.deepcopy(four))[1] is None
+    assert input_as_matmul(copy.deepcopy(four))[1] is None
 
 
 def test_int8_first_layer_is_quantised_on_the_input_grid_with_corrected_bias(tmp_path):
     import onnx
     from onnx import numpy_helper
 
-    from flexunet.export import cpu
+    from flexunet.export.int8_bias import int8_rounded
+    from flexunet.export.int8_quantize import quantize_int8
 
     src = tmp_path / "model.onnx"
     model = _first_layers_model()
@@ -449,7 +578,7 @@ def test_int8_first_layer_is_quantised_on_the_input_grid_with_corrected_bias(tmp
     onnx.save_model(model, str(src))
     rng = np.random.default_rng(6)
     tiles = np.clip(rng.normal(200, 30, (16, 8, 8, 3)), 0, 230).round().astype(np.float32)  # bright, < 255
-    dest = cpu.quantize_int8(src, tmp_path / "model.int8.onnx", tiles, "x", weight_bits=8)
+    dest = quantize_int8(src, tmp_path / "model.int8.onnx", tiles, "x", weight_bits=8)
     q = onnx.load(str(dest))
     inits = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
     nodes = list(q.graph.node)
@@ -464,7 +593,7 @@ def test_int8_first_layer_is_quantised_on_the_input_grid_with_corrected_bias(tmp
     weights = inits[w_dq.input[0]].astype(np.float64) * inits[w_dq.input[1]].reshape(-1, 1, 1, 1)
     original = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     w = np.pad(original["w"], [(0, 0), (0, 1), (0, 0), (0, 0)])
-    np.testing.assert_allclose(weights, cpu.int8_rounded(w.astype(np.float64), 8), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(weights, int8_rounded(w.astype(np.float64), 8), rtol=1e-6, atol=1e-9)
     b_dq = producer[conv.input[2]]
     bias = inits[b_dq.input[0]] * inits[b_dq.input[1]]
     mean = np.append(tiles.reshape(-1, 3).mean(0) / 255, 0)

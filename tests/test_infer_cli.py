@@ -1,14 +1,23 @@
-"""``flexunet infer`` through click's CliRunner: outputs, backend line, stage table, exit codes."""
+"""``flexunet infer`` through click's CliRunner: outputs, backend line, stage table, exit codes,
+inputs listed and images decoded once, help texts that say where each default comes from."""
 from __future__ import annotations
 
+import json
+from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
+import flexunet.runtime.infer_cli as infer_cli_module
+import flexunet.runtime.segmenter as segmenter_module
 from flexunet.cli import cli
+from flexunet.core import tiling
 from flexunet.core.errors import EXIT_CODES_HELP, EXIT_OK, EXIT_SKIPPED, EXIT_USAGE
-
+from flexunet.core.modelinfo import ModelInfo
+from flexunet.runtime.layout import FIT_MAX_SIDE, resolve_layout
+from flexunet.runtime.outputs import RECORD_DIR
 
 
 pytestmark = pytest.mark.usefixtures("isolate_cli")
@@ -97,3 +106,44 @@ def test_help_documents_options_and_exit_codes():
                    "--resume"):
         assert option in text
     assert " ".join(EXIT_CODES_HELP.split()) in text
+
+
+def test_inputs_are_listed_once_and_each_image_decoded_once_with_a_fitted_tile(make_onnx, make_images, tmp_path,
+                                                                               monkeypatch):
+    images = make_images(tmp_path / "in", [(130, 170), (60, 50), (90, 300)])
+    listings, decodes = [], Counter()
+    real_expand, real_read = infer_cli_module.expand_inputs, segmenter_module.read_image
+
+    def counting_expand(items):
+        listings.append(list(items))
+        return real_expand(items)
+
+    def counting_read(path, *args, **kwargs):
+        decodes[Path(path)] += 1
+        return real_read(path, *args, **kwargs)
+
+    for module in (infer_cli_module, segmenter_module):
+        monkeypatch.setattr(module, "expand_inputs", counting_expand)
+    monkeypatch.setattr(segmenter_module, "read_image", counting_read)
+    out = tmp_path / "out"
+    result = infer(make_onnx(multiple=8), tmp_path / "in", "-o", out, "--tile", "fit", "--overlap", 8)
+    assert result.exit_code == EXIT_OK, (result.stdout, result.stderr)
+    assert "tiling: tiles fitted to the image size" in result.stderr
+    assert listings == [[tmp_path / "in"]]
+    assert decodes == {p: 1 for p in images}
+    record = json.loads((out / RECORD_DIR / "img00.json").read_text())
+    assert record["options"]["tile"] == list(tiling.fit_tile(130, 170, 8, 8, FIT_MAX_SIDE))
+
+
+def test_help_says_where_each_default_comes_from():
+    text = " ".join(infer("--help").stdout.split())
+    bare = ModelInfo(height=None, width=None, channels=3, num_classes=1)  # metadata that says nothing
+    layout = resolve_layout(bare)
+    assert f"--overlap INTEGER RANGE Tile overlap in pixels [default: the model's, else {layout.overlap}," in text
+    assert f"Blending of overlapping tiles [default: the model's, else {layout.blend}]" in text
+    assert f"Foreground threshold of a binary model [default: the model's, else {bare.threshold}]" in text
+    assert (f"[default: the model's (its training input size), else {layout.tile[0]}x{layout.tile[1]}]"
+            in text)
+    assert f"up to {FIT_MAX_SIDE} px" in text
+    assert "[default: 64]" not in text and "[default: cosine]" not in text
+

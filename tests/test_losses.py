@@ -1,4 +1,4 @@
-"""Tests for train.losses against independent numpy references."""
+"""Tests for flexunet.train.losses against independent numpy references, and the config names of each."""
 
 import os
 
@@ -169,16 +169,39 @@ def test_perfect_prediction():
 
 # --- registries ----------------------------------------------------------------------------
 
-def test_registries():
-    assert set(losses.LOSSES) == {
-        "bce_dice_loss", "dice_loss", "iou_loss", "bce_iou_loss", "binary_crossentropy",
-        "categorical_crossentropy", "dice_coef_multiclass_loss"}
-    assert set(losses.METRICS) == {
-        "dice_coef", "iou_coef", "binary_accuracy", "accuracy", "dice_coef_multiclass",
-        "categorical_crossentropy"}
-    assert losses.METRICS["accuracy"] is losses.binary_accuracy
-    for name, fn in {**losses.LOSSES, **losses.METRICS}.items():
-        assert losses.CUSTOM_OBJECTS[name] is fn
+# The names seed configs use for losses and metrics, and the reference each must compute.
+REFERENCES = {**BINARY_CASES, **MULTICLASS_CASES}
+CONFIG_LOSSES = ("bce_dice_loss", "dice_loss", "iou_loss", "bce_iou_loss", "binary_crossentropy",
+                 "categorical_crossentropy", "dice_coef_multiclass_loss")
+CONFIG_METRICS = {"dice_coef": "dice_coef", "iou_coef": "iou_coef", "binary_accuracy": "binary_accuracy",
+                  "accuracy": "binary_accuracy", "dice_coef_multiclass": "dice_coef_multiclass",
+                  "categorical_crossentropy": "categorical_crossentropy"}
+
+
+def _data_for(name, binary, multiclass):
+    return multiclass if name in MULTICLASS_CASES else binary
+
+
+@pytest.mark.parametrize("name", CONFIG_LOSSES)
+def test_config_loss_names_compute_that_loss(binary, multiclass, name):
+    t, p = _data_for(name, binary, multiclass)
+    fn = losses.get_loss(name)
+    assert value(fn(t, p)) == pytest.approx(REFERENCES[name](*f64(t, p)), rel=RTOL)
+    assert losses.CUSTOM_OBJECTS[name] is fn
+
+
+@pytest.mark.parametrize("name", sorted(CONFIG_METRICS))
+def test_config_metric_names_compute_that_metric(binary, multiclass, name):
+    reference = CONFIG_METRICS[name]
+    t, p = _data_for(reference, binary, multiclass)
+    (fn,) = losses.get_metrics([name])
+    assert value(fn(t, p)) == pytest.approx(REFERENCES[reference](*f64(t, p)), rel=RTOL)
+    assert losses.CUSTOM_OBJECTS[name] is fn
+
+
+def test_every_registered_name_is_checked_here():
+    assert set(losses.LOSSES) <= set(CONFIG_LOSSES)
+    assert set(losses.METRICS) <= set(CONFIG_METRICS)
 
 
 def test_get_loss_and_metrics():

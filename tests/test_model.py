@@ -1,4 +1,4 @@
-"""Tests for train.model: architecture, parameter counts, schedules and serialisation."""
+"""Tests for flexunet.train.model: architecture, parameter counts, schedules and serialisation."""
 
 import os
 
@@ -35,10 +35,15 @@ def expected_params(channels, num_classes, base_filters, kernel, num_layers, nor
     return total
 
 
-def test_required_multiple():
-    assert required_multiple(2) == 2
-    assert required_multiple(6) == 32
-    assert required_multiple(8) == 128
+@pytest.mark.parametrize("num_layers", [2, 3, 4])
+def test_required_multiple_is_what_the_builder_accepts(num_layers):
+    """Inputs of ``required_multiple`` pixels pool down to 1x1 at the deepest level; half as much
+    again is refused."""
+    m = required_multiple(num_layers)
+    model = build_unet(m, m, 1, base_filters=2, num_layers=num_layers)
+    assert model.get_layer(f"enc{num_layers - 1}_conv2").output.shape[1:3] == (1, 1)
+    with pytest.raises(ValueError, match="image_height"):
+        build_unet(m + m // 2, m, 1, base_filters=2, num_layers=num_layers)
 
 
 def test_binary_output_is_single_sigmoid_channel():

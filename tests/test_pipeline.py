@@ -1,5 +1,11 @@
 """Segmenter and the concurrent pipeline: tiling exactness, batching across slides, bounded memory,
-corrupt inputs, resume, atomic writes, shutdown on errors and Ctrl-C, output names, colours."""
+corrupt inputs, resume, atomic writes, shutdown on errors and Ctrl-C, output names, colours, a
+Segmenter that never changes, fitted tiles.
+
+Nothing here depends on how fast the machine is: threads are waited for with events, conditions
+and joins.  :data:`HANG_GUARD` only turns a hang (a bug) into a failure; it is never reached when
+the code works.
+"""
 from __future__ import annotations
 
 import _thread
@@ -7,28 +13,33 @@ import errno
 import json
 import os
 import threading
-import time
+from collections import Counter
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+import flexunet.runtime.pipeline as pipeline_module
 import flexunet.runtime.segmenter as segmenter_module
 from flexunet.core import tiling
-from flexunet.runtime.backends import Backend, load_backend
 from flexunet.core.errors import FlexunetError
 from flexunet.core.imageio import write_image
+from flexunet.runtime.backends import Backend, load_backend
+from flexunet.runtime.layout import FIT_MAX_SIDE
+from flexunet.runtime.outputs import RECORD_DIR, output_names
 from flexunet.runtime.postprocess import fill_holes, remove_small_objects
-from flexunet.runtime.segmenter import RECORD_DIR, Segmenter, output_names
+from flexunet.runtime.segmenter import Segmenter
+
+HANG_GUARD = 120.0  # seconds: a wait that should end at once, bounded only so that a bug fails instead of hanging
 
 SIZES = [(10, 7), (300, 250), (64, 64), (65, 63), (120, 200), (33, 180), (200, 31), (128, 128),
          (97, 101), (1, 1), (150, 90), (70, 260)]
 
 
 class Recording(Backend):
-    """Wraps a backend: records each batch (shape and top-left pixel of every tile) and can run
-    a hook before the n-th batch."""
+    """Wraps a backend: records each batch (shape and top-left pixel of every tile), can run a
+    hook before the n-th batch, and sets :attr:`interrupted` when the run interrupts it."""
 
     def __init__(self, inner: Backend, hook=None):
         self.inner, self.hook = inner, hook
@@ -36,6 +47,11 @@ class Recording(Backend):
         self.fixed_size, self.max_batch = inner.fixed_size, inner.max_batch
         self.batches: list[tuple[tuple[int, ...], list[float]]] = []
         self.lock = threading.Lock()
+        self.interrupted = threading.Event()
+
+    def interrupt(self):
+        self.interrupted.set()
+        self.inner.interrupt()
 
     def predict(self, batch):
         with self.lock:
@@ -57,6 +73,52 @@ def read_mask(path: Path) -> np.ndarray:
 
 def part_files(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if ".part" in p.name]
+
+
+@pytest.fixture
+def threads_joined(monkeypatch):
+    """``check()`` asserts that the threads alive are those alive before the test.  Runs join
+    their threads without a time limit (``JOIN_TIMEOUT = None``), so when ``segment_folder``
+    returns or raises, every thread it started has ended: nothing is left to wait for."""
+    monkeypatch.setattr(pipeline_module, "JOIN_TIMEOUT", None)
+    before = set(threading.enumerate())
+
+    def check() -> None:
+        assert [t.name for t in threading.enumerate() if t not in before] == []
+
+    return check
+
+
+class ReadCounter:
+    """Stands in for the segmenter's ``read_image``: counts decodes per file and the peak of slides
+    decoded but not yet reported finished (:meth:`finished` is a ``progress`` callback), and lets a
+    thread wait (:meth:`wait_for`) until a number of decodes has started."""
+
+    def __init__(self, monkeypatch):
+        self.real = segmenter_module.read_image
+        self.per_file: Counter = Counter()
+        self.done = self.peak = 0
+        self.cond = threading.Condition()
+        monkeypatch.setattr(segmenter_module, "read_image", self)
+
+    @property
+    def total(self) -> int:
+        return sum(self.per_file.values())
+
+    def __call__(self, path, *args, **kwargs):
+        with self.cond:
+            self.per_file[Path(path)] += 1
+            self.peak = max(self.peak, self.total - self.done)
+            self.cond.notify_all()
+        return self.real(path, *args, **kwargs)
+
+    def finished(self, event=None) -> None:
+        with self.cond:
+            self.done += 1
+
+    def wait_for(self, count: int) -> None:
+        with self.cond:
+            assert self.cond.wait_for(lambda: self.total >= count, HANG_GUARD), f"fewer than {count} decodes"
 
 
 # -- tiling quality --------------------------------------------------------------------------------
@@ -139,6 +201,50 @@ def test_tile_options_follow_the_model(make_onnx):
             Segmenter(dynamic, blend="median")
 
 
+def test_a_segmenter_never_changes(make_onnx, make_images, tmp_path):
+    """Everything is resolved when it is made: segmenting (a fitted tile included) changes no attribute."""
+    images = make_images(tmp_path / "in", [(90, 120), (200, 150)])
+    with Segmenter(make_onnx(multiple=16), tile="fit", overlap=8) as seg:
+        before = dict(vars(seg))
+        layout = seg.layout()
+        seg.segment(images[1])
+        seg.segment_folder(images, tmp_path / "out")
+        seg.segment_folder(images, tmp_path / "out", resume=True)
+        assert vars(seg) == before
+        assert seg.layout() == layout and layout.fit and seg.tile is None
+        with pytest.raises(AttributeError):
+            seg.tile = (64, 64)
+
+
+def test_fit_uses_one_tile_per_run_records_it_and_decodes_each_input_once(make_onnx, make_images, tmp_path,
+                                                                           monkeypatch):
+    """The tile is fitted to the first readable input (the corrupt one before it is skipped), that
+    image is decoded once for both fitting and segmenting, and the resume records carry the tile."""
+    images = make_images(tmp_path / "in", [(150, 200), (60, 70), (300, 90)])
+    corrupt = tmp_path / "in" / "a_corrupt.png"
+    corrupt.write_bytes(b"not an image")
+    expected = tiling.fit_tile(150, 200, 16, 16, FIT_MAX_SIDE)
+    assert expected != tiling.fit_tile(300, 90, 16, 16, FIT_MAX_SIDE)  # the first image decides
+    reads = ReadCounter(monkeypatch)
+    model = make_onnx(multiple=16, kernel=3)
+    with Segmenter(model, tile="fit", overlap=16, batch_size=3) as seg:
+        assert seg.layout((150, 200)).tile == expected
+        summary = seg.segment_folder(tmp_path / "in", tmp_path / "fit")
+    assert summary.done == images and [p for p, _ in summary.skipped] == [corrupt]
+    assert reads.per_file == {corrupt: 2, **{p: 1 for p in images}}  # a corrupt file is tried twice
+    for path in images:
+        record = json.loads((tmp_path / "fit" / RECORD_DIR / f"{path.stem}.json").read_text())
+        assert record["options"]["tile"] == list(expected)
+    with Segmenter(model, tile=expected, overlap=16) as fixed:
+        fixed.segment_folder(images, tmp_path / "fixed")
+    for path in images:
+        np.testing.assert_array_equal(read_mask(tmp_path / "fit" / f"{path.stem}.png"),
+                                      read_mask(tmp_path / "fixed" / f"{path.stem}.png"))
+    with Segmenter(model, tile="fit", overlap=16) as seg:
+        again = seg.segment_folder(tmp_path / "in", tmp_path / "fit", resume=True)
+    assert again.resumed == images and again.done == []
+
+
 # -- the pipeline gives what segment() gives ---------------------------------------------------------
 @pytest.mark.parametrize("options", [
     dict(batch_size=1), dict(batch_size=3), dict(batch_size=8, readers=2),
@@ -179,29 +285,17 @@ def test_tiles_of_consecutive_slides_share_batches(make_onnx, tmp_path):
     ((20, 20), 2, 4),                         # 1 tile per slide: as many as a batch needs
 ])
 def test_slides_in_flight_are_bounded(make_onnx, make_images, tmp_path, monkeypatch, size, max_in_flight, bound):
+    """The first batch waits until the readers have started ``bound`` slides (they may: none is
+    written yet), so the bound is reached; the assertion is that they never start more."""
     make_images(tmp_path / "in", [size] * 13)
-    lock = threading.Lock()
-    count = {"read": 0, "finished": 0, "peak": 0}
-    real_read = segmenter_module.read_image
-
-    def counting_read(path):
-        with lock:
-            count["read"] += 1
-            count["peak"] = max(count["peak"], count["read"] - count["finished"])
-        return real_read(path)
-
-    def progress(event):
-        with lock:
-            count["finished"] += 1
-
-    monkeypatch.setattr(segmenter_module, "read_image", counting_read)
+    reads = ReadCounter(monkeypatch)
     with load_backend(make_onnx(kernel=1)) as inner:
-        slow = Recording(inner, hook=lambda n: time.sleep(0.01))
-        seg = Segmenter(slow, tile=64, overlap=16, batch_size=4, max_in_flight=max_in_flight)
-        summary = seg.segment_folder(tmp_path / "in", tmp_path / "out", progress=progress)
+        recording = Recording(inner, hook=lambda n: reads.wait_for(bound) if n == 1 else None)
+        seg = Segmenter(recording, tile=64, overlap=16, batch_size=4, max_in_flight=max_in_flight)
+        summary = seg.segment_folder(tmp_path / "in", tmp_path / "out", progress=reads.finished)
     assert len(summary.done) == 13
-    assert 2 <= count["peak"] <= bound
-    assert [shape[0] for shape, _ in slow.batches[:-1]] == [4] * (len(slow.batches) - 1)
+    assert reads.peak == bound
+    assert [shape[0] for shape, _ in recording.batches[:-1]] == [4] * (len(recording.batches) - 1)
 
 
 # -- bad inputs, resume, atomic writes ------------------------------------------------------------------
@@ -252,7 +346,7 @@ def test_resume_skips_complete_outputs_and_redoes_changed_ones(make_onnx, make_i
         assert seg.segment_folder(images, out, colorize=True, probabilities=True, resume=True).done == images
 
 
-def test_writes_are_atomic_even_when_a_write_fails(make_onnx, make_images, tmp_path, monkeypatch, thread_baseline):
+def test_writes_are_atomic_even_when_a_write_fails(make_onnx, make_images, tmp_path, monkeypatch, threads_joined):
     images = make_images(tmp_path / "in", [(90, 90)] * 6)
     out = tmp_path / "out"
     with Segmenter(make_onnx()) as seg:
@@ -273,7 +367,7 @@ def test_writes_are_atomic_even_when_a_write_fails(make_onnx, make_images, tmp_p
         failed = tmp_path / "failed"
         with pytest.raises(FlexunetError, match="No space left on device"):
             seg.segment_folder(images, failed)
-    thread_baseline()
+    threads_joined()
     assert part_files(failed) == []
     assert not (failed / "img02.png").exists()
     for mask in failed.glob("*.png"):
@@ -281,42 +375,49 @@ def test_writes_are_atomic_even_when_a_write_fails(make_onnx, make_images, tmp_p
 
 
 # -- stopping ---------------------------------------------------------------------------------------------
-def test_an_error_mid_run_stops_every_thread_and_is_reraised(make_onnx, make_images, tmp_path, thread_baseline):
+def test_an_error_mid_run_stops_every_thread_and_is_reraised(make_onnx, make_images, tmp_path, monkeypatch,
+                                                              threads_joined):
     images = make_images(tmp_path / "in", [(150, 150)] * 10)
+    reads = ReadCounter(monkeypatch)
 
     def explode(n):
         if n == 3:
             raise RuntimeError("engine fell over")
 
     with load_backend(make_onnx()) as inner:
-        seg = Segmenter(Recording(inner, hook=explode), tile=64, overlap=16, batch_size=2)
-        start = time.monotonic()
+        recording = Recording(inner, hook=explode)
+        seg = Segmenter(recording, tile=64, overlap=16, batch_size=2, max_in_flight=3)
         with pytest.raises(RuntimeError, match="engine fell over"):
             seg.segment_folder(images, tmp_path / "out")
-        assert time.monotonic() - start < 2.0
-    thread_baseline(2.0)
+    threads_joined()
+    assert len(recording.batches) == 3          # nothing was predicted after the error
+    assert reads.total <= 3 < len(images)       # the readers stopped at the slides in flight
     assert part_files(tmp_path / "out") == []
 
 
-def test_keyboard_interrupt_stops_within_a_second(make_onnx, make_images, tmp_path, thread_baseline):
-    images = make_images(tmp_path / "in", [(150, 150)] * 12)
-    interrupted = {}
+def test_keyboard_interrupt_stops_every_thread(make_onnx, make_images, tmp_path, threads_joined):
+    """Ctrl-C at the tenth batch, once the first slide is written: that batch waits until the run
+    has interrupted the backend (which it does only after catching the KeyboardInterrupt), then no
+    other batch is predicted, and what was written is whole."""
+    images = make_images(tmp_path / "in", [(150, 150)] * 12)  # 9 tiles each: 4.5 batches of 2
+    first_written = threading.Event()
 
     def interrupt(n):
-        if n == 3:
-            interrupted["at"] = time.monotonic()
+        if n == 10:
+            assert first_written.wait(HANG_GUARD), "the first slide was not written"
             _thread.interrupt_main()
-        time.sleep(0.05)  # leave plenty of work for after the interrupt
+            assert recording.interrupted.wait(HANG_GUARD), "the run did not interrupt the backend"
 
     with load_backend(make_onnx()) as inner:
-        seg = Segmenter(Recording(inner, hook=interrupt), tile=64, overlap=16, batch_size=2)
+        recording = Recording(inner, hook=interrupt)
+        seg = Segmenter(recording, tile=64, overlap=16, batch_size=2)
         with pytest.raises(KeyboardInterrupt):
-            seg.segment_folder(images, tmp_path / "out")
-        assert time.monotonic() - interrupted["at"] < 1.0
-    thread_baseline(1.0)
+            seg.segment_folder(images, tmp_path / "out", progress=lambda event: first_written.set())
+    threads_joined()
+    assert len(recording.batches) == 10
     assert part_files(tmp_path / "out") == []
     written = sorted((tmp_path / "out").glob("*.png"))
-    assert len(written) < len(images)
+    assert 1 <= len(written) <= 2 < len(images)  # 20 tiles predicted: at most two slides complete
     for mask in written:
         assert read_mask(mask).shape == (150, 150)
 

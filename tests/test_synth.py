@@ -1,6 +1,8 @@
 """Synthetic data: deterministic, exact masks, not trivially thresholdable, written in the layout."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -33,11 +35,46 @@ def _best_threshold_dice(images: list[np.ndarray], masks: list[np.ndarray]) -> f
     return best
 
 
-def test_public_constants():
-    assert KINDS == ("tiles", "slides", "multiclass")
-    assert sorted(CLASS_COLORS_RGB.values()) == [0, 1, 2, 3]
-    assert CLASS_COLORS_RGB[(0, 0, 0)] == 0
-    assert len(CLASS_NAMES) == 4 and CLASS_NAMES[0] == "background"
+def test_every_kind_is_offered_by_the_command_line():
+    from flexunet.train.cli import synth_cmd
+
+    (kind,) = [p for p in synth_cmd.params if p.name == "kind"]
+    assert tuple(kind.type.choices) == KINDS
+
+
+@pytest.mark.usefixtures("isolate_cli")
+def test_synth_command_writes_and_reports_the_counts(tmp_path):
+    from click.testing import CliRunner
+
+    from flexunet.cli import cli
+
+    out = tmp_path / "ds"
+    result = CliRunner().invoke(cli, ["synth", str(out), "--kind", "multiclass", "--train", "2",
+                                      "--valid", "1", "--test", "1", "--size", "32", "--seed", "4"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert result.stdout.strip() == f"wrote multiclass dataset to {out} (seed 4): train 2, valid 1, test 1, mini_test 4"
+    assert sorted(p.name for p in (out / "train" / "masks").iterdir()) == ["0000.png", "0001.png"]
+    again = make_dataset(tmp_path / "api", kind="multiclass", n_train=2, n_valid=1, n_test=1, size=32, seed=4)
+    assert again["counts"] == {"train": 2, "valid": 1, "test": 1, "mini_test": 4}
+    assert (out / "test/images/0000.png").read_bytes() == (tmp_path / "api/test/images/0000.png").read_bytes()
+
+
+def test_multiclass_summary_is_a_config_rgb_map(tmp_path):
+    """The summary's classes, pasted into a config as [mask] rgb_map and class_names, load as the
+    same classes in the same order, background first."""
+    from flexunet.core.config import class_colors, class_names, load_config
+
+    summary = make_dataset(tmp_path / "mc", kind="multiclass", n_train=1, n_valid=1, n_test=1, size=32,
+                           n_mini=0)
+    rgb_map = {tuple(json.loads(k)): v for k, v in summary["class_colors_rgb"].items()}
+    config = tmp_path / "train_eval_infer.config"
+    config.write_text(f"[model]\nnum_classes = {len(rgb_map)}\nnum_layers = 3\nimage_width = 64\n"
+                      f"image_height = 64\n[mask]\nrgb_map = {rgb_map!r}\n"
+                      f"class_names = {summary['class_names']!r}\n")
+    cfg = load_config(config)
+    assert class_names(cfg) == CLASS_NAMES == summary["class_names"]
+    assert class_colors(cfg) == sorted(CLASS_COLORS_RGB, key=CLASS_COLORS_RGB.get)
+    assert class_colors(cfg)[0] == (0, 0, 0) and class_names(cfg)[0] == "background"
 
 
 @pytest.mark.parametrize("kind", ["tiles", "multiclass"])
@@ -169,13 +206,27 @@ def test_make_dataset_multiclass(tmp_path):
     assert {tuple(c) for c in np.unique(mask.reshape(-1, 3), axis=0).tolist()} <= allowed
 
 
-def test_defaults():
-    assert synth.DEFAULTS["tiles"]["size"] == (128, 128)
-    assert synth.DEFAULTS["slides"]["size"] == (2560, 1920)
-    assert (synth.DEFAULTS["tiles"]["n_train"], synth.DEFAULTS["tiles"]["n_valid"],
-            synth.DEFAULTS["tiles"]["n_test"]) == (160, 32, 32)
-    assert (synth.DEFAULTS["slides"]["n_train"], synth.DEFAULTS["slides"]["n_valid"],
-            synth.DEFAULTS["slides"]["n_test"]) == (4, 1, 2)
+@pytest.mark.parametrize("kind, size, counts, mini", [
+    ("tiles", (128, 128), {"train": 160, "valid": 32, "test": 32, "mini_test": 4}, (512, 384)),
+    ("slides", (2560, 1920), {"train": 4, "valid": 1, "test": 2, "mini_test": 1}, (1280, 960)),
+])
+def test_default_counts_and_sizes_written(tmp_path, monkeypatch, kind, size, counts, mini):
+    """What ``flexunet synth OUT --kind KIND`` writes with no other option (the README's sizes);
+    rendering is replaced by blank images to keep this fast."""
+    rendered = []
+
+    def blank(rng, height, width, kind):
+        rendered.append((width, height))
+        return np.zeros((height, width, 3), np.uint8), np.zeros((height, width), np.uint8)
+
+    monkeypatch.setattr(synth, "render_sample", blank)
+    monkeypatch.setattr(synth, "write_image", lambda path, image: None)
+    summary = make_dataset(tmp_path / kind, kind=kind)
+    assert summary["counts"] == counts
+    for split, n in counts.items():
+        expected = mini if split == "mini_test" else size
+        assert (summary["splits"][split]["width"], summary["splits"][split]["height"]) == expected
+    assert rendered == [size] * (counts["train"] + counts["valid"] + counts["test"]) + [mini] * counts["mini_test"]
 
 
 def test_slide_shape():

@@ -1,9 +1,11 @@
-"""TensorRT engine building (export/tensorrt.py) and the TensorRT backend (runtime/backends/tensorrt.py).
+"""TensorRT engine building (export/tensorrt.py, export/tensorrt_calibration.py) and the TensorRT backend
+(runtime/backends/tensorrt*.py).
 
 Two kinds of tests:
 
-* everywhere: the pure parts (settings, profile shapes, calibration batching, Q/DQ detection,
-  sidecar checks with hand-written platform dicts), import hygiene, and that a machine without
+* everywhere: the pure parts (settings, profile shapes, calibration batching, the calibration
+  plan and the calibrator's cache handling, Q/DQ detection, sidecar checks with hand-written
+  platform dicts), import hygiene, and that a machine without
   TensorRT or a GPU gets a one-line reason instead of a crash;
 * ``gpu``: build real engines from a tiny ONNX UNet stand-in and compare them with ONNX Runtime on
   the CPU.  They are skipped, with the reason from ``check_available()``, where TensorRT and a CUDA
@@ -125,7 +127,8 @@ def fake_engine(folder: Path, platform: dict | None = None, data: bytes = b"not 
 # everywhere: import hygiene and a one-line reason without TensorRT / GPU
 # ------------------------------------------------------------------------------------------------
 def test_imports_load_neither_tensorrt_nor_cuda_nor_tensorflow():
-    code = ("import sys, flexunet.runtime.backends.tensorrt, flexunet.export.tensorrt; "
+    code = ("import sys, flexunet.runtime.backends.tensorrt, flexunet.export.tensorrt, "
+            "flexunet.export.tensorrt_calibration; "
             "print(','.join(m for m in ('tensorrt', 'cuda', 'tensorflow', 'keras') if m in sys.modules))")
     env = dict(os.environ, PYTHONPATH=str(REPO))
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
@@ -276,6 +279,50 @@ def test_calibration_cache_matches_only_its_model_and_tiles():
     assert not calibration_cache_matches(meta, "c" * 64, "b" * 64)  # another model
     assert not calibration_cache_matches(meta, "a" * 64, "c" * 64)  # other tiles
     assert not calibration_cache_matches(None, "a" * 64)  # no <cache>.json: unknown origin
+
+
+def test_calibration_plan_uses_tiles_or_a_cache_made_for_this_model_and_tiles(tmp_path):
+    from flexunet.export.tensorrt_calibration import CalibrationFeed, calibration_plan
+
+    onnx_path, cache, x = tmp_path / "m.onnx", tmp_path / "calibration.cache", tiles(8)
+    assert not calibration_plan(onnx_path, "fp16", False, "a" * 64, None, cache).calibrate
+    assert not calibration_plan(onnx_path, "int8", True, "a" * 64, None, cache).calibrate  # Q/DQ: explicit
+    with pytest.raises(FlexunetError, match="m.onnx: an INT8 engine needs calibration tiles"):
+        calibration_plan(onnx_path, "int8", False, "a" * 64, None, cache)
+    plan = calibration_plan(onnx_path, "int8", False, "a" * 64, x, cache)
+    assert plan.calibrate and not plan.use_cache and plan.meta == tmp_path / "calibration.cache.json"
+
+    feed = CalibrationFeed(None, 4, cache, use_cache=False)  # what TensorRT calls once it calibrated
+    feed.write_calibration_cache(b"ranges")
+    assert feed.record(plan, onnx_path) == {"cache": str(cache), "cache_hit": False, "batches": 0,
+                                            "batch_size": 4, "tiles": 0}
+    assert json.loads(plan.meta.read_text()) == {"onnx_sha256": "a" * 64, "tiles_sha256": plan.tiles_sha256}
+    assert calibration_plan(onnx_path, "int8", False, "a" * 64, x, cache).use_cache
+    assert calibration_plan(onnx_path, "int8", False, "a" * 64, None, cache).use_cache  # the cache alone
+    assert not calibration_plan(onnx_path, "int8", False, "b" * 64, x, cache).use_cache  # another model
+    assert not calibration_plan(onnx_path, "int8", False, "a" * 64, tiles(8, seed=9), cache).use_cache
+    cache.write_bytes(b"")
+    assert not calibration_plan(onnx_path, "int8", False, "a" * 64, x, cache).use_cache  # an empty cache
+
+
+def test_calibration_feed_offers_the_cache_only_when_told_and_keeps_errors_from_tensorrt(tmp_path):
+    from flexunet.export.tensorrt_calibration import CalibrationFeed, CalibrationPlan
+
+    cache = tmp_path / "calibration.cache"
+    cache.write_bytes(b"ranges")
+    feed = CalibrationFeed(None, 2, cache, use_cache=True)
+    assert feed.get_batch_size() == 2 and feed.get_batch(["image"]) is None  # no tiles: nothing to feed
+    assert feed.read_calibration_cache() == b"ranges" and feed.cache_hit
+    unused = CalibrationFeed(None, 2, cache, use_cache=False)
+    assert unused.read_calibration_cache() is None and not unused.cache_hit
+    (tmp_path / "file").write_text("x")
+    blocked = CalibrationFeed(None, 2, tmp_path / "file" / "calibration.cache", use_cache=False)
+    blocked.write_calibration_cache(b"new")  # an error is kept, never raised into TensorRT
+    assert not blocked.wrote_cache and blocked.error is not None
+    plan = CalibrationPlan(True, None, blocked.cache_path, False, "a" * 64, None)
+    with pytest.raises(FlexunetError, match="m.onnx: INT8 calibration failed"):
+        blocked.record(plan, tmp_path / "m.onnx")
+    blocked.free()  # no device buffer: nothing to free, no CUDA needed
 
 
 def test_has_qdq_nodes():

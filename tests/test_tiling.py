@@ -1,15 +1,20 @@
-"""Tests of runtime.tiling: tile geometry, padding, tile extraction, blending windows, stitching."""
+"""Tests of the tiling: geometry, padding and tile extraction (core.tiling), blending windows and
+stitching (core.blending), fitted tiles, the layout of a run (runtime.layout.resolve_layout) and
+the tiled engine's steps (runtime.segment)."""
 from __future__ import annotations
+
+from dataclasses import asdict
 
 import numpy as np
 import pytest
 
-from flexunet.core import tiling
+from flexunet.core import blending, tiling
+from flexunet.core.blending import Stitcher, blend_window
+from flexunet.core.errors import FlexunetError, ModelError
+from flexunet.core.modelinfo import ModelInfo
 from flexunet.core.tiling import (
     BLEND_MODES,
-    Stitcher,
     TileGrid,
-    blend_window,
     extract_tiles,
     make_grid,
     pad_image,
@@ -17,6 +22,8 @@ from flexunet.core.tiling import (
     plan,
     tile_starts,
 )
+from flexunet.runtime.layout import FIT, FIT_MAX_SIDE, Layout, resolve_layout
+from flexunet.runtime.segment import TiledImage, batches, predict_image, tile_refs
 
 
 
@@ -441,3 +448,93 @@ def test_fit_tile_is_minimal_and_valid():
 def test_fit_tile_rejects_impossible_geometry():
     with pytest.raises(ValueError):
         tiling.fit_tile(100, 100, overlap=64, multiple=32, max_side=64)
+
+
+# ---------------------------------------------------------------------------------------------
+# the layout of a run: options, then the model's metadata, then the defaults
+
+BARE = ModelInfo(height=None, width=None, channels=3, num_classes=1)           # metadata without tiling
+TUNED = ModelInfo(height=None, width=None, channels=3, num_classes=1, multiple=16,
+                  tile=(100, 100), overlap=10, blend="gaussian")                 # metadata with tiling
+
+
+def test_blending_names_are_still_importable_from_tiling():
+    assert (tiling.Stitcher, tiling.blend_window, tiling.MIN_WEIGHT) == \
+        (blending.Stitcher, blending.blend_window, blending.MIN_WEIGHT)
+    with pytest.raises(AttributeError):
+        tiling.no_such_name
+
+
+def test_resolve_layout_options_then_metadata_then_defaults():
+    assert resolve_layout(BARE) == Layout((512, 512), 64, "cosine", 1)
+    assert resolve_layout(TUNED) == Layout((112, 112), 10, "gaussian", 16)    # the tile rounded up to 16
+    assert resolve_layout(TUNED, (50, 200), 5, "none") == Layout((64, 208), 5, "none", 16)
+    assert resolve_layout(TUNED, 40).overlap == 10 and resolve_layout(TUNED, 16).overlap == 8  # default: <= half
+    assert resolve_layout(TUNED, 16, overlap=15).overlap == 15                 # given: anything below the tile
+    assert resolve_layout(TUNED, fixed_size=(32, 48)) == Layout((32, 48), 10, "gaussian", 16)
+    assert resolve_layout(BARE, fixed_size=(32, 32)).overlap == 16
+    whole = resolve_layout(TUNED, (64, 64), 8, whole=True)
+    assert whole == Layout(None, 0, "gaussian", 16) and whole.whole and not whole.fit
+    before = asdict(TUNED)
+    resolve_layout(TUNED, FIT, image_size=(300, 400))
+    assert asdict(TUNED) == before
+
+
+def test_resolve_layout_fit_picks_the_tile_from_the_image_size():
+    pending = resolve_layout(TUNED, FIT)
+    assert pending == Layout(None, 10, "gaussian", 16, fit=True) and not pending.whole
+    assert resolve_layout(BARE, FIT).overlap == 64                             # not limited: no tile yet
+    fitted = resolve_layout(TUNED, FIT, image_size=(1920, 2560))
+    assert fitted == pending.fitted(1920, 2560) == Layout(tiling.fit_tile(1920, 2560, 10, 16, FIT_MAX_SIDE),
+                                                          10, "gaussian", 16)
+    assert resolve_layout(TUNED, (64, 64), image_size=(1920, 2560)).tile == (64, 64)  # only fit looks at it
+    with pytest.raises(ValueError, match="fitted"):
+        pending.cut(np.zeros((40, 40, 3), np.float32))
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(tile=FIT, fixed_size=(32, 32)), "fixed at 32x32; tile fit is not possible"),
+    (dict(tile=64, fixed_size=(32, 32)), "fixed at 32x32; tile 64x64 is not possible"),
+    (dict(whole=True, fixed_size=(32, 32)), "--whole needs a model that accepts any input size"),
+    (dict(tile=64, overlap=64), "overlap must be"),
+    (dict(tile=FIT, overlap=FIT_MAX_SIDE), "overlap must be"),
+    (dict(blend="median"), "blend must be one of none, cosine, gaussian"),
+    (dict(tile=(0, 64)), "tile must be a positive size"),
+    (dict(tile=(64, 64, 3)), "tile must be a positive size"),
+])
+def test_resolve_layout_rejects_what_the_model_does_not_allow(options, message):
+    with pytest.raises(FlexunetError, match=message):
+        resolve_layout(BARE, **options)
+
+
+# ---------------------------------------------------------------------------------------------
+# the tiled engine's steps
+
+
+def test_batches_fill_across_images_and_split_where_the_tile_shape_changes():
+    x = np.zeros((100, 100, 3), np.float32)
+    tiled = [TiledImage(x, Layout((64, 64), 16)) for _ in range(3)]              # 4 tiles each
+    order = [[(tiled.index(img), i) for img, i in batch] for batch in batches(tile_refs(tiled), 5)]
+    assert order == [[(0, 0), (0, 1), (0, 2), (0, 3), (1, 0)], [(1, 1), (1, 2), (1, 3), (2, 0), (2, 1)],
+                     [(2, 2), (2, 3)]]
+    whole = [TiledImage(np.zeros(shape, np.float32), Layout(None, multiple=8)) for shape in
+             [(20, 30, 3), (17, 30, 3), (40, 40, 3)]]                            # 24x32, 24x32, 40x40
+    assert [len(batch) for batch in batches(tile_refs(whole), 4)] == [2, 1]
+
+
+def test_a_tiled_image_blends_only_once_every_tile_is_in():
+    image = TiledImage(np.ones((100, 100, 1), np.float32), Layout((64, 64), 16))
+    with pytest.raises(RuntimeError, match="4 of 4 tiles"):
+        image.probabilities()
+    assert [image.add(np.full((64, 64, 2), 0.25, np.float32), i) for i in range(4)] == [False] * 3 + [True]
+    np.testing.assert_allclose(image.probabilities(), 0.25)
+
+
+def test_predict_image_checks_what_the_model_returns():
+    x = np.zeros((70, 90, 3), np.float32)
+    with pytest.raises(ModelError, match=r"tiny: output of shape \(2, 32, 32\)"):
+        predict_image(x, lambda batch: batch[..., 0], Layout((32, 32), 8), batch_size=2, name="tiny")
+    probs = predict_image(x + 1, lambda batch: batch[..., :1] * 0.5, Layout((32, 32), 8), batch_size=2)
+    assert probs.shape == (70, 90, 1) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs, 0.5)
+

@@ -193,16 +193,22 @@ def test_short_training_beats_chance_and_writes_outputs(tiles):
     assert ev.metrics["dice_coef"] > 0.5
 
 
+@pytest.fixture
+def run_folder(tiles, tmp_path) -> Path:
+    """A fresh project folder whose ``data`` is the module's synthetic tiles."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "data").symlink_to(tiles / "data")
+    return folder
+
+
 @pytest.mark.slow
-def test_ctrl_c_keeps_best_model(tiles, tmp_path, monkeypatch):
+def test_ctrl_c_keeps_best_model(run_folder, monkeypatch):
     import keras
 
     from flexunet.train import trainer
 
-    folder = tmp_path / "run"
-    folder.mkdir()
-    (folder / "data").symlink_to(tiles / "data")
-    cfg = load_config(write_config(folder, epochs=20))
+    cfg = load_config(write_config(run_folder, epochs=20))
     original = trainer.make_callbacks
 
     class Interrupt(keras.callbacks.Callback):
@@ -223,19 +229,44 @@ def test_ctrl_c_keeps_best_model(tiles, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_time_budget_stops_training_and_keeps_the_best_model(tiles, tmp_path, monkeypatch):
-    from flexunet.train import trainer
+def test_time_budget_stops_training_and_keeps_the_best_model(run_folder, monkeypatch):
+    from flexunet.train import callbacks, trainer
 
-    folder = tmp_path / "run"
-    folder.mkdir()
-    (folder / "data").symlink_to(tiles / "data")
-    # a budget of 0.06 s: the first epoch takes longer, so the run stops after it, model saved
-    cfg = load_config(write_config(folder, epochs=20))
-    cfg.train.max_minutes = 0.001
+    # a clock on which every reading is an hour after the previous one: the first epoch already
+    # overruns the 1-minute budget, so the run stops after it, model saved (no real time involved)
+    hours = iter(range(0, 10**6, 3600))
+    monkeypatch.setattr(callbacks.TimeBudget, "clock", staticmethod(lambda: float(next(hours))))
+    cfg = load_config(write_config(run_folder, epochs=20))
+    cfg.train.max_minutes = 1.0
     cfg.train.epoch_change_infer = cfg.train.epoch_change_tiledinfer = False
     result = trainer.train(cfg)
     assert result.epochs_run == 1 and not result.interrupted
     assert result.model_path.is_file()
+
+
+@pytest.mark.parametrize("readings, stopped_after", [
+    ([0.0, 20.0, 40.0, 70.0], 3),   # 20+20 <= 60, 40+20 <= 60, 70+23 > 60: stop after epoch 3
+    ([0.0, 31.0], 1),               # 31+31 > 60: the next epoch would end past the budget
+    ([0.0, 10.0, 20.0, 30.0, 40.0], None),
+])
+def test_time_budget_stops_before_an_epoch_that_would_end_past_it(monkeypatch, readings, stopped_after):
+    from flexunet.train import callbacks
+
+    clock = iter(readings)
+    monkeypatch.setattr(callbacks.TimeBudget, "clock", staticmethod(lambda: next(clock)))
+
+    class Model:
+        stop_training = False
+
+    budget = callbacks.TimeBudget(1.0)
+    budget.set_model(Model())
+    budget.on_train_begin()
+    for epoch in range(len(readings) - 1):
+        budget.on_epoch_end(epoch)
+        if budget.model.stop_training:
+            break
+    assert budget.stopped_epoch == stopped_after
+    assert budget.model.stop_training is (stopped_after is not None)
 
 
 def test_large_datasets_stream_instead_of_caching(tiles, monkeypatch):

@@ -40,7 +40,8 @@ def _progress_printer(label: str):
 @click.option("--train", "n_train", type=click.IntRange(1), default=None, help="Training images.")
 @click.option("--valid", "n_valid", type=click.IntRange(1), default=None, help="Validation images.")
 @click.option("--test", "n_test", type=click.IntRange(1), default=None, help="Test images.")
-@click.option("--size", type=click.IntRange(16), default=None, help="Tile size (tiles/multiclass).")
+@click.option("--size", type=click.IntRange(16), default=None,
+              help="Side of the square train/valid/test images [default: 128; slides 2560x1920].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @handle_errors
 def synth_cmd(out, kind, n_train, n_valid, n_test, size, seed):
@@ -50,8 +51,8 @@ def synth_cmd(out, kind, n_train, n_valid, n_test, size, seed):
     counts = {k: v for k, v in (("n_train", n_train), ("n_valid", n_valid), ("n_test", n_test)) if v}
     summary = make_dataset(out, kind=kind, size=size, seed=seed, progress=_progress_printer("synth"),
                            **counts)
-    click.echo(f"wrote {kind} dataset to {out}: " + ", ".join(
-        f"{k} {v}" for k, v in summary.items() if isinstance(v, int)))
+    click.echo(f"wrote {kind} dataset to {out} (seed {summary['seed']}): " + ", ".join(
+        f"{split} {n}" for split, n in summary["counts"].items()))
 
 
 @click.command("summary")

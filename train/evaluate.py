@@ -1,7 +1,7 @@
 """Evaluate a trained model on the config's [test] split.
 
 Writes ``evaluation.csv`` beside the config in the seeds' format (``loss,0.2724`` lines, one per
-Keras loss/metric), followed by the mask dice computed with :mod:`runtime.metrics` on thresholded
+Keras loss/metric), followed by the mask dice computed with :mod:`flexunet.core.metrics` on thresholded
 (or argmax) predictions, the figure parity and benchmarks also use.
 """
 from __future__ import annotations

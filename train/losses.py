@@ -60,18 +60,6 @@ def dice_coef(y_true, y_pred, smooth=1.0):
 
 
 @_register
-def dice_loss(y_true, y_pred):
-    """``1 - dice_coef``."""
-    return 1.0 - dice_coef(y_true, y_pred)
-
-
-@_register
-def bce_dice_loss(y_true, y_pred):
-    """Binary cross-entropy plus Dice loss."""
-    return binary_crossentropy(y_true, y_pred) + dice_loss(y_true, y_pred)
-
-
-@_register
 def iou_coef(y_true, y_pred, smooth=1.0):
     """Soft IoU per sample over axes (1, 2, 3), averaged over the batch."""
     y_true, y_pred = _as_float(y_true, y_pred)
@@ -79,18 +67,6 @@ def iou_coef(y_true, y_pred, smooth=1.0):
     intersection = ops.sum(y_true * y_pred, axis=axes)
     union = ops.sum(y_true, axis=axes) + ops.sum(y_pred, axis=axes) - intersection
     return ops.mean((intersection + smooth) / (union + smooth))
-
-
-@_register
-def iou_loss(y_true, y_pred):
-    """``1 - iou_coef``."""
-    return 1.0 - iou_coef(y_true, y_pred)
-
-
-@_register
-def bce_iou_loss(y_true, y_pred):
-    """Binary cross-entropy plus IoU loss."""
-    return binary_crossentropy(y_true, y_pred) + iou_loss(y_true, y_pred)
 
 
 @_register
@@ -116,10 +92,35 @@ def dice_coef_multiclass(y_true, y_pred, smooth=1.0):
     return ops.mean(per_class)
 
 
-@_register
-def dice_coef_multiclass_loss(y_true, y_pred):
-    """``1 - dice_coef_multiclass``."""
-    return 1.0 - dice_coef_multiclass(y_true, y_pred)
+# Losses made of the functions above: one complement and one sum each, named as in the configs.
+
+
+def _named(fn, name, doc):
+    """``fn`` under its config ``name``, registered with Keras (saved models refer to that name)."""
+    fn.__name__ = fn.__qualname__ = name
+    fn.__doc__ = doc
+    return _register(fn)
+
+
+def _one_minus(coef, name):
+    """The loss ``1 - coef(y_true, y_pred)``."""
+    def loss(y_true, y_pred):
+        return 1.0 - coef(y_true, y_pred)
+    return _named(loss, name, f"``1 - {coef.__name__}``.")
+
+
+def _bce_plus(term, name, what):
+    """The loss ``binary_crossentropy + term``."""
+    def loss(y_true, y_pred):
+        return binary_crossentropy(y_true, y_pred) + term(y_true, y_pred)
+    return _named(loss, name, f"Binary cross-entropy plus {what} loss.")
+
+
+dice_loss = _one_minus(dice_coef, "dice_loss")
+bce_dice_loss = _bce_plus(dice_loss, "bce_dice_loss", "Dice")
+iou_loss = _one_minus(iou_coef, "iou_loss")
+bce_iou_loss = _bce_plus(iou_loss, "bce_iou_loss", "IoU")
+dice_coef_multiclass_loss = _one_minus(dice_coef_multiclass, "dice_coef_multiclass_loss")
 
 
 LOSSES = {

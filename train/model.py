@@ -14,7 +14,9 @@ from ``dilation`` (floor 1); the decoder reuses the schedule of the encoder leve
 Only stock Keras layers are used (no ``Lambda``), so models save, reload and export cleanly.
 """
 
+import functools
 import numbers
+from typing import NamedTuple
 
 import keras
 
@@ -53,24 +55,11 @@ def _square(value, what):
     return int(first)
 
 
-def _kernel_schedule(base_kernel, num_layers):
-    """Encoder kernel sizes: start at ``base_kernel``, shrink by 2 per level, floor at 3."""
-    sizes = []
-    k = base_kernel
-    for _ in range(num_layers):
-        sizes.append((k, k))
-        k = max(k - 2, 3)
-    return sizes
-
-
-def _dilation_schedule(base_dilation, num_layers):
-    """Encoder dilation rates: start at ``base_dilation``, shrink by 1 per level, floor at 1."""
-    rates = []
-    d = base_dilation
-    for _ in range(num_layers):
-        rates.append((d, d))
-        d = max(d - 1, 1)
-    return rates
+def _schedule(first, step, floor, num_layers):
+    """Square per-level values of the encoder: ``first`` on level 0, then ``step`` less per level,
+    never below ``floor`` (kernel sizes: step 2, floor 3; dilation rates: step 1, floor 1)."""
+    values = [first] + [max(first - step * i, floor) for i in range(1, num_layers)]
+    return [(v, v) for v in values]
 
 
 def _validate(image_height, image_width, image_channels, num_classes, base_filters,
@@ -103,6 +92,62 @@ def _validate(image_height, image_width, image_channels, num_classes, base_filte
             raise ValueError(
                 f"{what} must be a positive multiple of 2**(num_layers-1) = {multiple} "
                 f"for num_layers={num_layers}; got {size!r}")
+
+
+class _Level(NamedTuple):
+    """One level's settings; the decoder level mirroring encoder level ``i`` uses the same."""
+
+    filters: int
+    kernel_size: tuple
+    dilation_rate: tuple
+    dropout: float
+
+
+def _levels(kernel, base_dilation, base_filters, num_layers, dropout_rate):
+    """Level ``i``: ``base_filters * 2**i`` filters, the kernel and dilation schedules, and
+    ``dropout_rate * i``."""
+    kernel_sizes = _schedule(kernel, 2, 3, num_layers)
+    dilations = _schedule(base_dilation, 1, 1, num_layers)
+    return [_Level(base_filters * 2**i, kernel_sizes[i], dilations[i], dropout_rate * i)
+            for i in range(num_layers)]
+
+
+def _conv_block(x, level, prefix, activation, normalization, seed):
+    """Conv -> [BN] -> Dropout -> Conv -> [BN], as in the seed."""
+    conv_kwargs = dict(activation=activation, kernel_initializer="he_normal",
+                       dilation_rate=level.dilation_rate, padding="same")
+    x = keras.layers.Conv2D(level.filters, level.kernel_size, name=f"{prefix}_conv1", **conv_kwargs)(x)
+    if normalization:
+        x = keras.layers.BatchNormalization(name=f"{prefix}_bn1")(x)
+    x = keras.layers.Dropout(level.dropout, seed=seed, name=f"{prefix}_dropout")(x)
+    x = keras.layers.Conv2D(level.filters, level.kernel_size, name=f"{prefix}_conv2", **conv_kwargs)(x)
+    if normalization:
+        x = keras.layers.BatchNormalization(name=f"{prefix}_bn2")(x)
+    return x
+
+
+def _encoder(x, levels, block):
+    """Each level's block, then a 2x2 max-pool except on the deepest; returns the deepest output
+    and every level's output (the skips)."""
+    skips = []
+    for i, level in enumerate(levels):
+        x = block(x, level, f"enc{i}")
+        skips.append(x)
+        if i < len(levels) - 1:
+            x = keras.layers.MaxPool2D((2, 2), name=f"enc{i}_pool")(x)
+    return x, skips
+
+
+def _decoder(x, levels, skips, block):
+    """From the second-deepest level up: 2x2 stride-2 transpose conv, concatenation with that
+    level's skip, then the level's block."""
+    for f in range(len(levels) - 2, -1, -1):
+        level = levels[f]
+        x = keras.layers.Conv2DTranspose(level.filters, (2, 2), strides=(2, 2), padding="same",
+                                         name=f"dec{f}_up")(x)
+        x = keras.layers.Concatenate(name=f"dec{f}_concat")([x, skips[f]])
+        x = block(x, level, f"dec{f}")
+    return x
 
 
 def build_unet(image_height, image_width, image_channels=3, num_classes=1, base_filters=16,
@@ -151,43 +196,14 @@ def build_unet(image_height, image_width, image_channels=3, num_classes=1, base_
     base_filters, num_layers = int(base_filters), int(num_layers)
     dropout_rate = float(dropout_rate)
 
-    kernel_sizes = _kernel_schedule(kernel, num_layers)
-    dilations = _dilation_schedule(base_dilation, num_layers)
-    decoder_kernel_sizes = kernel_sizes[::-1][1:]
-    decoder_dilations = dilations[::-1][1:]
-
-    def conv_block(x, filters, kernel_size, dilation_rate, rate, prefix):
-        """Conv -> [BN] -> Dropout -> Conv -> [BN], as in the seed."""
-        conv_kwargs = dict(activation=activation, kernel_initializer="he_normal",
-                           dilation_rate=dilation_rate, padding="same")
-        x = keras.layers.Conv2D(filters, kernel_size, name=f"{prefix}_conv1", **conv_kwargs)(x)
-        if normalization:
-            x = keras.layers.BatchNormalization(name=f"{prefix}_bn1")(x)
-        x = keras.layers.Dropout(rate, seed=seed, name=f"{prefix}_dropout")(x)
-        x = keras.layers.Conv2D(filters, kernel_size, name=f"{prefix}_conv2", **conv_kwargs)(x)
-        if normalization:
-            x = keras.layers.BatchNormalization(name=f"{prefix}_bn2")(x)
-        return x
+    levels = _levels(kernel, base_dilation, base_filters, num_layers, dropout_rate)
+    block = functools.partial(_conv_block, activation=activation, normalization=normalization,
+                              seed=seed)
 
     inputs = keras.Input((image_height, image_width, image_channels), name="image")
     x = keras.layers.Rescaling(1.0 / 255, name="rescale")(inputs) if input_normalize else inputs
-
-    skips = []
-    for i in range(num_layers):
-        x = conv_block(x, base_filters * 2**i, kernel_sizes[i], dilations[i],
-                       dropout_rate * i, f"enc{i}")
-        skips.append(x)
-        if i < num_layers - 1:
-            x = keras.layers.MaxPool2D((2, 2), name=f"enc{i}_pool")(x)
-
-    for i in range(num_layers - 1):
-        f = num_layers - 2 - i
-        filters = base_filters * 2**f
-        x = keras.layers.Conv2DTranspose(filters, (2, 2), strides=(2, 2), padding="same",
-                                         name=f"dec{f}_up")(x)
-        x = keras.layers.Concatenate(name=f"dec{f}_concat")([x, skips[f]])
-        x = conv_block(x, filters, decoder_kernel_sizes[i], decoder_dilations[i],
-                       dropout_rate * f, f"dec{f}")
+    x, skips = _encoder(x, levels, block)
+    x = _decoder(x, levels, skips, block)
 
     head_activation = final_activation or ("sigmoid" if num_classes == 1 else "softmax")
     outputs = keras.layers.Conv2D(num_classes, (1, 1), activation=head_activation,

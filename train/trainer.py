@@ -1,5 +1,9 @@
 """Config-driven training: ``compile`` + ``fit`` with the standard callbacks, and the seeds' outputs.
 
+The callbacks live in :mod:`flexunet.train.callbacks` (imported when training starts: it imports
+Keras), the history files in :mod:`flexunet.train.history`, the epoch-change previews in
+:mod:`flexunet.train.previews`.
+
 Outputs (names as the seeds write them):
   <model_dir>/best_model.keras          best validation loss so far (written atomically)
   <model_dir>/train_eval_infer.config   a copy of the config used
@@ -9,11 +13,8 @@ Ctrl-C stops after the current batch; the best model saved so far is kept.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
-import math
 import shutil
 import sys
 import time
@@ -24,15 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from flexunet.core.atomic import atomic_path, write_text
-from flexunet.core.config import CONFIG_FILENAME, Config, class_colors
+from flexunet.core.atomic import write_text
+from flexunet.core.config import CONFIG_FILENAME, Config
 from flexunet.core.errors import ConfigError, EXIT_INTERRUPTED, FlexunetError
-from flexunet.core.imageio import list_images, read_image, write_image
-from flexunet.core.masks import colorize, labels_from_probabilities
-from flexunet.core.preprocess import Preprocess
-from flexunet.runtime.segment import predict_tiled
-
 from flexunet.train import dataset as ds
+from flexunet.train.previews import Previewer
 
 log = logging.getLogger("flexunet")
 
@@ -110,193 +107,29 @@ def training_splits(cfg: Config) -> Splits:
 
 
 # ---------------------------------------------------------------------------------------------
-# Callbacks
 
 
-def _history_csv(rows: list[dict], keys: list[str]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["epoch", *keys])
-    for r in rows:
-        w.writerow([r["epoch"], *[("" if r.get(k) is None else f"{r[k]:.6g}") for k in keys]])
-    return buf.getvalue()
-
-
-def _plot(rows: list[dict], keys: list[str], title: str, dest: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
-    epochs = [r["epoch"] for r in rows]
-    for k in keys:
-        ax.plot(epochs, [r.get(k, math.nan) for r in rows], marker="o", ms=3, label=k)
-    ax.set_xlabel("epoch")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    with atomic_path(dest) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-
-
-def make_callbacks(cfg: Config, model_path: Path, previews: "Previewer | None"):
+def make_callbacks(cfg: Config, model_path: Path, previews: Previewer | None):
+    """The callbacks a config asks for, and the two whose state :func:`train` reports: the best
+    model keeper and the history writer."""
     import keras
 
-    class BestModel(keras.callbacks.Callback):
-        """Save the model when val_loss improves, atomically (never a half-written file)."""
+    from flexunet.train.callbacks import BestModel, EpochPreviews, Progress, SeedHistory, TimeBudget
 
-        def __init__(self):
-            super().__init__()
-            self.best = math.inf
-            self.best_epoch = None
-
-        def on_epoch_end(self, epoch, logs=None):
-            value = (logs or {}).get("val_loss", (logs or {}).get("loss"))
-            if value is not None and np.isfinite(value) and value < self.best:
-                self.best, self.best_epoch = float(value), epoch + 1
-                with atomic_path(model_path) as tmp:
-                    self.model.save(tmp)
-
-    class SeedHistory(keras.callbacks.Callback):
-        """train_metrics.csv / train_losses.csv and their plots, rewritten after every epoch."""
-
-        def __init__(self):
-            super().__init__()
-            self.rows: list[dict] = []
-            self.t0 = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            logs = dict(logs or {})
-            row = {"epoch": epoch + 1, **{k: float(v) for k, v in logs.items() if np.isscalar(v) or np.ndim(v) == 0}}
-            self.rows.append(row)
-            self.write()
-
-        def write(self):
-            if not self.rows:
-                return
-            eval_dir = cfg.train.eval_dir
-            names = [k for k in self.rows[-1] if k not in ("epoch", "learning_rate", "lr")]
-            metric_keys = [k for k in names if "loss" not in k]
-            loss_keys = [k for k in names if "loss" in k]
-            write_text(eval_dir / "train_metrics.csv", _history_csv(self.rows, metric_keys))
-            write_text(eval_dir / "train_losses.csv", _history_csv(self.rows, loss_keys))
-            if metric_keys:
-                _plot(self.rows, metric_keys, "metrics", eval_dir / "train_metrics.png")
-            _plot(self.rows, loss_keys, "losses", eval_dir / "train_losses.png")
-
-    class Progress(keras.callbacks.Callback):
-        """One line per epoch: metrics, learning rate, time (Keras' own bar when on a terminal)."""
-
-        def __init__(self, epochs):
-            super().__init__()
-            self.epochs = epochs
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.t = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            logs = logs or {}
-            parts = [f"{k} {float(v):.4f}" for k, v in logs.items() if k not in ("learning_rate", "lr")]
-            lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-            print(f"epoch {epoch + 1}/{self.epochs}  " + "  ".join(parts)
-                  + f"  lr {lr:.2e}  {time.perf_counter() - self.t:.1f}s", flush=True)
-
-    class TimeBudget(keras.callbacks.Callback):
-        """[train] max_minutes: stop before an epoch that would end past the budget."""
-
-        def __init__(self, minutes):
-            super().__init__()
-            self.budget = 60.0 * minutes
-            self.stopped_epoch = None
-
-        def on_train_begin(self, logs=None):
-            self.t0 = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            elapsed = time.perf_counter() - self.t0
-            if elapsed + elapsed / (epoch + 1) > self.budget:
-                self.stopped_epoch = epoch + 1
-                self.model.stop_training = True
-                print(f"time budget: stopping after epoch {epoch + 1} ({elapsed / 60:.1f} of "
-                      f"{self.budget / 60:g} minutes; [train] max_minutes)", flush=True)
-
-    class PreviewCallback(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            previews.run(self.model, epoch + 1)
-
-    best, history = BestModel(), SeedHistory()
-    callbacks = [best, history, Progress(cfg.train.epochs)]
-    if cfg.train.patience > 0:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.train.patience,
-                                                       verbose=1))
-    if cfg.train.learning_rate_reducer:
+    t = cfg.train
+    best, history = BestModel(model_path), SeedHistory(t.eval_dir)
+    callbacks = [best, history, Progress(t.epochs)]
+    if t.patience > 0:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=t.patience, verbose=1))
+    if t.learning_rate_reducer:
         callbacks.append(keras.callbacks.ReduceLROnPlateau(
-            monitor="val_loss", factor=cfg.train.reducer_factor,
-            patience=cfg.train.reducer_patience, min_lr=1e-7, verbose=1))
-    if cfg.train.max_minutes:
-        callbacks.append(TimeBudget(cfg.train.max_minutes))
+            monitor="val_loss", factor=t.reducer_factor, patience=t.reducer_patience, min_lr=1e-7,
+            verbose=1))
+    if t.max_minutes:
+        callbacks.append(TimeBudget(t.max_minutes))
     if previews is not None and previews.enabled:
-        callbacks.append(PreviewCallback())
+        callbacks.append(EpochPreviews(previews))
     return callbacks, best, history
-
-
-class Previewer:
-    """Epoch-change previews: predicted masks of a few images after each epoch.
-
-    ``epoch_change_infer`` resizes each [infer] image to the model input (the seeds' way);
-    ``epoch_change_tiledinfer`` runs the project's tiled inference on [tiledinfer] images.
-    """
-
-    def __init__(self, cfg: Config):
-        self.cfg = cfg
-        self.pre = Preprocess.from_config(cfg)
-        self.colors = class_colors(cfg)
-        t = cfg.train
-        n = t.num_infer_images
-        self.plain = self._images(cfg.infer.images_dir, n) if t.epoch_change_infer else []
-        self.tiled = self._images(cfg.tiledinfer.images_dir or cfg.infer.images_dir, n) if t.epoch_change_tiledinfer else []
-        self.enabled = bool(self.plain or self.tiled)
-        if t.epoch_change_infer and not self.plain:
-            log.warning(f"{cfg.path}: [train] epoch_change_infer is on but [infer] images_dir has no images; "
-                        "no previews")
-        if t.epoch_change_tiledinfer and not self.tiled:
-            log.warning(f"{cfg.path}: [train] epoch_change_tiledinfer is on but [tiledinfer] images_dir "
-                        "has no images; no previews")
-
-    @staticmethod
-    def _images(folder, n):
-        if folder is None or n <= 0 or not Path(folder).is_dir():
-            return []
-        return [(p, read_image(p)) for p in list_images(folder)[:n]]
-
-    def _write(self, folder: Path, epoch: int, path: Path, probs: np.ndarray) -> None:
-        labels = labels_from_probabilities(probs)
-        image = colorize(labels, self.colors) if self.cfg.multiclass or self.cfg.segmentation.colorize \
-            else (labels * 255).astype(np.uint8)
-        write_image(folder / f"Epoch_{epoch}_{path.stem}.png", image)
-
-    def run(self, model, epoch: int) -> None:
-        import cv2
-
-        m = self.cfg.model
-        predict = model.predict_on_batch
-        for path, img in self.plain:
-            x = cv2.resize(self.pre(img), (m.image_width, m.image_height), interpolation=cv2.INTER_LINEAR)
-            x = x.reshape(m.image_height, m.image_width, -1)
-            probs = np.asarray(predict(x[None]))[0]
-            probs = cv2.resize(probs, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
-            self._write(self.cfg.train.epoch_change_infer_dir, epoch, path, probs.reshape(*img.shape[:2], -1))
-        for path, img in self.tiled:
-            probs = predict_tiled(self.pre(img), lambda b: np.asarray(predict(b)),
-                                  (m.image_height, m.image_width), self.cfg.tiledinfer.overlapping,
-                                  self.cfg.tiledinfer.blend, batch_size=self.cfg.train.batch_size)
-            self._write(self.cfg.train.epoch_change_tiledinfer_dir, epoch, path, probs)
-
-
-# ---------------------------------------------------------------------------------------------
 
 
 def _backup(folder: Path) -> None:
@@ -325,7 +158,28 @@ def train(cfg: Config, epochs: int | None = None) -> TrainResult:
     splits = training_splits(cfg)
     maker = ds.SampleMaker(cfg)
     set_seed(cfg.seed)
+    _prepare_outputs(cfg)
+    data = _datasets(cfg, maker, splits)
 
+    model = build_model(cfg)
+    compile_model(cfg, model)
+    print(f"model: {model.count_params():,} parameters", flush=True)
+    model_path = t.model_dir / BEST_MODEL_FILE
+    previews = Previewer(cfg) if (t.epoch_change_infer or t.epoch_change_tiledinfer) else None
+    callbacks, best, history = make_callbacks(cfg, model_path, previews)
+
+    start = time.perf_counter()
+    interrupted = _fit(model, data, t, callbacks, history)
+    if best.best_epoch is None:
+        msg = "no epoch completed; no model saved" if interrupted else "training produced no finite loss"
+        raise FlexunetError(msg, exit_code=EXIT_INTERRUPTED if interrupted else 1)
+    return TrainResult(model_path, best.best_epoch, best.best, len(history.rows), interrupted,
+                       time.perf_counter() - start)
+
+
+def _prepare_outputs(cfg: Config) -> None:
+    """Back up old outputs if asked, create the folders, copy the config, write the record."""
+    t = cfg.train
     if t.create_backup:
         _backup(t.model_dir)
         _backup(t.eval_dir)
@@ -339,6 +193,18 @@ def train(cfg: Config, epochs: int | None = None) -> TrainResult:
         "config": str(cfg.path), "data_root": str(cfg.data_root) if cfg.data_root else None,
         "started": datetime.now().isoformat(timespec="seconds")}, indent=2) + "\n")
 
+
+@dataclass
+class _Data:
+    train: object
+    valid: object
+    steps: int          # training steps per epoch
+    valid_steps: int
+
+
+def _datasets(cfg: Config, maker: ds.SampleMaker, splits: Splits) -> _Data:
+    """The training (augmented if configured) and validation datasets; prints what they hold."""
+    t = cfg.train
     augment = cfg.model.generator and cfg.generator.augmentation
     train_ds, train_steps = ds.make_tf_dataset(
         maker, splits.train, t.batch_size, training=True, seed=cfg.seed, augment=augment,
@@ -351,27 +217,19 @@ def train(cfg: Config, epochs: int | None = None) -> TrainResult:
           f"{steps} steps/epoch), validating on {len(splits.valid)} images; "
           f"input {cfg.model.image_height}x{cfg.model.image_width}x{cfg.model.image_channels}, "
           f"{cfg.model.num_classes} class(es), augmentation {'on' if augment else 'off'}", flush=True)
+    return _Data(train_ds, valid_ds, steps, t.validation_steps or valid_steps)
 
-    model = build_model(cfg)
-    compile_model(cfg, model)
-    print(f"model: {model.count_params():,} parameters", flush=True)
-    model_path = t.model_dir / BEST_MODEL_FILE
-    previews = Previewer(cfg) if (t.epoch_change_infer or t.epoch_change_tiledinfer) else None
-    callbacks, best, history = make_callbacks(cfg, model_path, previews)
 
-    start = time.perf_counter()
-    interrupted = False
+def _fit(model, data: _Data, t, callbacks: list, history) -> bool:
+    """``model.fit``; Ctrl-C stops it cleanly. The history files are written either way.
+    Returns whether training was interrupted."""
     warnings.filterwarnings("ignore", message=".*shuffle=True.*", category=UserWarning)
     try:
-        model.fit(train_ds, epochs=t.epochs, steps_per_epoch=steps, validation_data=valid_ds,
-                  validation_steps=t.validation_steps or valid_steps, callbacks=callbacks, verbose=0)
+        model.fit(data.train, epochs=t.epochs, steps_per_epoch=data.steps, validation_data=data.valid,
+                  validation_steps=data.valid_steps, callbacks=callbacks, verbose=0)
     except KeyboardInterrupt:
-        interrupted = True
         print("\ninterrupted: stopping; the best model saved so far is kept", file=sys.stderr, flush=True)
+        return True
     finally:
         history.write()
-    if best.best_epoch is None:
-        msg = "no epoch completed; no model saved" if interrupted else "training produced no finite loss"
-        raise FlexunetError(msg, exit_code=EXIT_INTERRUPTED if interrupted else 1)
-    return TrainResult(model_path, best.best_epoch, best.best, len(history.rows), interrupted,
-                       time.perf_counter() - start)
+    return False

@@ -1,14 +1,14 @@
-"""TensorRT backend: run a serialised engine built by :func:`export.tensorrt.build_engine`.
+"""TensorRT backend: run a serialised engine built by :func:`flexunet.export.tensorrt.build_engine`.
 
 Importing this module imports neither ``tensorrt`` nor ``cuda`` (cuda-python); both are loaded
 when :class:`TensorRTBackend` is created or :func:`check_available` is called, so a machine without
 a GPU can import it, ask :func:`check_available` why TensorRT cannot be used, and say so in one line.
 
-An engine only runs under the TensorRT version and on the GPU model it was built for.  Every engine
-therefore has a JSON sidecar ``<engine>.json`` (written by the builder) recording the TensorRT
-version, the GPU name and compute capability, the build settings and the model's
-:class:`~runtime.modelinfo.ModelInfo`; :func:`load_engine_checked` refuses an engine whose sidecar
-does not match this machine, naming both, instead of letting TensorRT fail obscurely.
+An engine only runs under the TensorRT version and on the GPU model it was built for: every engine
+has a JSON sidecar ``<engine>.json`` recording them (:mod:`~flexunet.runtime.backends.tensorrt_sidecar`,
+whose :func:`load_engine_checked` refuses an engine built for another platform); the libraries,
+the GPU and their availability are :mod:`~flexunet.runtime.backends.tensorrt_platform`'s.  Their
+public names are importable from here too.
 
 The runner follows the TensorRT 10 name-based API (``set_input_shape`` / ``set_tensor_address`` /
 ``execute_async_v3``), which TensorRT 8.5+ also provides; older versions are refused.
@@ -20,11 +20,6 @@ chunk ``i+1`` overlaps the inference of chunk ``i`` when a batch is larger than 
 from __future__ import annotations
 
 import ctypes
-import functools
-import hashlib
-import importlib
-import importlib.util
-import json
 import logging
 import math
 import threading
@@ -33,269 +28,30 @@ from pathlib import Path
 
 import numpy as np
 
-from flexunet.core.errors import FlexunetError, MissingDependencyError, ModelError, first_line
-from flexunet.core.modelinfo import ModelInfo
+from flexunet.core.errors import FlexunetError, MissingDependencyError, ModelError
 from flexunet.runtime.backends.base import Backend
+from flexunet.runtime.backends.tensorrt_platform import (  # noqa: F401  (public here too)
+    MIN_TENSORRT,
+    check_available,
+    cuda_call,
+    cudart,
+    current_platform,
+    import_tensorrt,
+    trt_logger,
+)
+from flexunet.runtime.backends.tensorrt_sidecar import (  # noqa: F401  (public here too)
+    PLATFORM_KEYS,
+    SIDECAR_FORMAT,
+    SIDECAR_SUFFIX,
+    compatibility_problem,
+    load_engine_checked,
+    model_info_from_sidecar,
+    read_sidecar,
+    sha256_bytes,
+    sidecar_path,
+)
 
 log = logging.getLogger("flexunet.tensorrt")
-
-MIN_TENSORRT = (8, 5)          # first release with the name-based tensor API (enqueueV3)
-SIDECAR_SUFFIX = ".json"
-SIDECAR_FORMAT = "flexunet.tensorrt-engine"
-# sidecar "platform" keys an engine must match, with the words used in messages
-PLATFORM_KEYS = (("tensorrt_version", "TensorRT"), ("gpu_name", "GPU"),
-                 ("compute_capability", "compute capability"))
-
-
-# ------------------------------------------------------------------------------------------------
-# pure helpers (no TensorRT, no CUDA): sidecars and compatibility
-# ------------------------------------------------------------------------------------------------
-def sidecar_path(engine_path: str | Path) -> Path:
-    """The JSON sidecar of an engine: ``model.fp16.engine`` -> ``model.fp16.engine.json``."""
-    return Path(str(engine_path) + SIDECAR_SUFFIX)
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _describe(platform: dict) -> str:
-    return (f"TensorRT {platform.get('tensorrt_version', '?')} on {platform.get('gpu_name', '?')} "
-            f"(compute capability {platform.get('compute_capability', '?')})")
-
-
-def compatibility_problem(sidecar: dict, current: dict) -> str | None:
-    """Why an engine described by ``sidecar`` cannot run here, or None if it can.
-
-    Args:
-        sidecar: the engine's sidecar (its ``"platform"`` entry is used) or a platform dict itself.
-        current: this machine's platform, as returned by :func:`current_platform`.
-
-    An engine is tied to the exact TensorRT version and to the GPU model / compute capability it
-    was built on (TensorRT does not guarantee engines are portable across either).  CUDA driver and
-    runtime versions are recorded but not compared.
-    """
-    built = sidecar.get("platform", sidecar) if isinstance(sidecar, dict) else {}
-    if not isinstance(built, dict):
-        built = {}
-    differs = [label for key, label in PLATFORM_KEYS
-               if built.get(key) is None or str(built.get(key)) != str(current.get(key))]
-    if not differs:
-        return None
-    return (f"engine was built with {_describe(built)} but this machine has {_describe(current)} "
-            f"({', '.join(differs)} {'differs' if len(differs) == 1 else 'differ'}); rebuild the engine on this machine")
-
-
-def model_info_from_sidecar(sidecar: dict, where: str = "engine sidecar") -> ModelInfo:
-    """The :class:`ModelInfo` recorded in an engine sidecar."""
-    if "model_info" not in sidecar:
-        raise ModelError(f"{where}: no model_info entry (rebuild the engine with flexunet)")
-    return ModelInfo.from_json(json.dumps(sidecar["model_info"]), where)
-
-
-def read_sidecar(engine_path: str | Path) -> dict:
-    """Read and check the shape of an engine's sidecar (ModelError, one line, if missing/corrupt)."""
-    engine_path = Path(engine_path)
-    side = sidecar_path(engine_path)
-    if not side.is_file():
-        raise ModelError(f"{engine_path}: no sidecar {side.name} beside the engine (it records the "
-                         "TensorRT version and GPU the engine was built for); rebuild the engine with flexunet")
-    try:
-        sidecar = json.loads(side.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{side}: unreadable engine sidecar ({exc})") from None
-    if not isinstance(sidecar, dict) or not isinstance(sidecar.get("platform"), dict):
-        raise ModelError(f"{side}: not a flexunet engine sidecar (no 'platform' entry)")
-    return sidecar
-
-
-def load_engine_checked(engine_path: str | Path, current: dict | None = None,
-                        device: int = 0) -> tuple[bytes, dict]:
-    """Read a serialised engine and its sidecar, refusing an engine built for another platform.
-
-    Args:
-        engine_path: the ``.engine`` file; its sidecar is ``<engine>.json``.
-        current: this machine's platform (default: :func:`current_platform` of ``device``, which
-            needs TensorRT and a GPU); pass a dict to check without them.
-        device: CUDA device the engine is meant to run on.
-
-    Returns:
-        ``(engine bytes, sidecar dict)``.
-
-    Raises:
-        ModelError: missing engine or sidecar, a sidecar that does not describe this engine, or an
-            engine built with another TensorRT version or on another GPU model.
-        MissingDependencyError: ``current`` not given and TensorRT or a GPU is not available.
-    """
-    engine_path = Path(engine_path)
-    if not engine_path.is_file():
-        raise ModelError(f"{engine_path}: no such engine file")
-    sidecar = read_sidecar(engine_path)
-    try:
-        data = engine_path.read_bytes()
-    except OSError as exc:
-        raise ModelError(f"{engine_path}: cannot read ({exc.strerror or exc})") from None
-    recorded = sidecar.get("engine_sha256")
-    if recorded and recorded != sha256_bytes(data):
-        raise ModelError(f"{engine_path}: the engine does not match its sidecar {sidecar_path(engine_path).name} "
-                         "(sha256 differs; one of them was replaced); rebuild the engine")
-    if current is None:
-        reason = check_available(device)
-        if reason:
-            raise MissingDependencyError(reason)
-        current = current_platform(device)
-    problem = compatibility_problem(sidecar, current)
-    if problem:
-        raise ModelError(f"{engine_path}: {problem}")
-    return data, sidecar
-
-
-# ------------------------------------------------------------------------------------------------
-# lazy imports, availability and the CUDA runtime
-# ------------------------------------------------------------------------------------------------
-def _import_cudart():
-    """cuda-python's runtime module: ``cuda.bindings.runtime`` (>= 12.6) or ``cuda.cudart`` (older)."""
-    try:
-        return importlib.import_module("cuda.bindings.runtime")
-    except ImportError:
-        return importlib.import_module("cuda.cudart")
-
-
-@functools.lru_cache(maxsize=1)
-def cudart():
-    """The cuda-python runtime module (imported on first use)."""
-    return _import_cudart()
-
-
-def import_tensorrt():
-    """``import tensorrt``, with a one-line MissingDependencyError when it is absent or broken."""
-    try:
-        return importlib.import_module("tensorrt")
-    except Exception as exc:  # ImportError, or OSError from a missing libnvinfer
-        raise MissingDependencyError(f"TensorRT cannot be loaded ({first_line(exc)}); pip install tensorrt") from None
-
-
-def _version_tuple(version: str) -> tuple[int, ...]:
-    parts = []
-    for p in str(version).split(".")[:3]:
-        digits = "".join(ch for ch in p if ch.isdigit())
-        parts.append(int(digits) if digits else 0)
-    return tuple(parts)
-
-
-def _cuda_error_text(err) -> str:
-    rt = cudart()
-    try:
-        name = rt.cudaGetErrorName(err)[1]
-        text = rt.cudaGetErrorString(err)[1]
-        name = name.decode() if isinstance(name, bytes) else str(name)
-        text = text.decode() if isinstance(text, bytes) else str(text)
-        return f"{name}: {text}"
-    except Exception:  # pragma: no cover - the error text is a courtesy
-        return str(err)
-
-
-def cuda_call(result, what: str):
-    """Unpack a cuda-python ``(error, *values)`` result; raise FlexunetError naming ``what`` on error."""
-    rt = cudart()
-    err, *values = result
-    if err != rt.cudaError_t.cudaSuccess:
-        raise FlexunetError(f"CUDA {what} failed ({_cuda_error_text(err)})")
-    if not values:
-        return None
-    return values[0] if len(values) == 1 else tuple(values)
-
-
-def check_available(device: int = 0) -> str | None:
-    """None if TensorRT and CUDA device ``device`` are usable here, else a one-line reason.
-
-    Cheap checks first (is the package installed at all), then the imports, then the GPU.  Never
-    raises; the command line prints ``error: <reason>`` and exits 2.
-    """
-    try:
-        if importlib.util.find_spec("tensorrt") is None:
-            return "TensorRT is not installed (pip install tensorrt)"
-    except (ImportError, ValueError):
-        return "TensorRT is not installed (pip install tensorrt)"
-    try:
-        rt = cudart()
-    except ImportError:
-        return "cuda-python is not installed (pip install cuda-python)"
-    except Exception as exc:
-        return f"cuda-python cannot be loaded ({first_line(exc)})"
-    try:
-        trt = import_tensorrt()
-    except MissingDependencyError as exc:
-        return str(exc)
-    version = getattr(trt, "__version__", "0")
-    if _version_tuple(version)[:2] < MIN_TENSORRT:
-        return (f"TensorRT {version} is too old; flexunet needs TensorRT >= "
-                f"{'.'.join(map(str, MIN_TENSORRT))} (pip install -U tensorrt)")
-    try:
-        err, count = rt.cudaGetDeviceCount()
-    except Exception as exc:
-        return f"no CUDA GPU found ({first_line(exc)})"
-    if err != rt.cudaError_t.cudaSuccess:
-        return f"no CUDA GPU found ({_cuda_error_text(err)})"
-    if count < 1:
-        return "no CUDA GPU found"
-    if not 0 <= device < count:
-        return f"CUDA device {device} does not exist (this machine has {count}: 0..{count - 1})"
-    return None
-
-
-def _cuda_version(v: int) -> str:
-    """cudaDriverGetVersion-style integer -> ``"12.4"``."""
-    v = int(v)
-    return f"{v // 1000}.{(v % 1000) // 10}"
-
-
-def current_platform(device: int = 0) -> dict:
-    """This machine's TensorRT version, GPU name, compute capability and CUDA versions."""
-    trt = import_tensorrt()
-    rt = cudart()
-    prop = cuda_call(rt.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
-    name = prop.name
-    if isinstance(name, (bytes, bytearray)):
-        name = bytes(name).split(b"\x00", 1)[0].decode("utf-8", "replace")
-    return {
-        "tensorrt_version": str(trt.__version__),
-        "gpu_name": str(name).strip(),
-        "compute_capability": f"{prop.major}.{prop.minor}",
-        "cuda_driver_version": _cuda_version(cuda_call(rt.cudaDriverGetVersion(), "cudaDriverGetVersion")),
-        "cuda_runtime_version": _cuda_version(cuda_call(rt.cudaRuntimeGetVersion(), "cudaRuntimeGetVersion")),
-    }
-
-
-_TRT_LOGGER = None
-
-
-def trt_logger(trt):
-    """The process-wide TensorRT logger (TensorRT expects one): forwards to the ``flexunet.tensorrt``
-    Python logger and remembers recent errors so failures can be reported in one line."""
-    global _TRT_LOGGER
-    if _TRT_LOGGER is None:
-        severity = trt.ILogger.Severity
-
-        class _Logger(trt.ILogger):
-            def __init__(self):
-                trt.ILogger.__init__(self)
-                self.errors: deque[str] = deque(maxlen=8)
-
-            def log(self, level, msg):
-                if level in (severity.INTERNAL_ERROR, severity.ERROR):
-                    self.errors.append(first_line(msg))
-                    log.info("TensorRT: %s", msg)
-                elif level == severity.WARNING:
-                    log.info("TensorRT: %s", msg)
-                elif level == severity.INFO:
-                    log.debug("TensorRT: %s", msg)
-
-            def last_error(self) -> str:
-                return self.errors[-1] if self.errors else "no error message from TensorRT"
-
-        _TRT_LOGGER = _Logger()
-    return _TRT_LOGGER
 
 
 # ------------------------------------------------------------------------------------------------
@@ -372,8 +128,15 @@ class TensorRTBackend(Backend):
         self._engine = self._runtime.deserialize_cuda_engine(data)
         if self._engine is None:
             raise ModelError(f"{self.engine_path}: TensorRT could not deserialise the engine ({logger.last_error()})")
-        engine = self._engine
+        self._bind_tensors(trt)
+        out_max = self._largest_output(logger)
+        self._allocate(math.prod(self._max_shape), math.prod(out_max))
+        log.info("%s: TensorRT engine on GPU %d, batch %d..%d, input %s", self.engine_path.name, self.device,
+                 self._min_batch, self.max_batch, self._max_shape[1:])
 
+    def _bind_tensors(self, trt) -> None:
+        """The engine's input and output tensors, their dtypes and the input's profile range."""
+        engine = self._engine
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
@@ -395,18 +158,23 @@ class TensorRTBackend(Backend):
         self._min_batch, self.max_batch = lo[0], hi[0]
         self.fixed_size = (hi[1], hi[2]) if lo[1:3] == hi[1:3] else None
 
-        self._context = engine.create_execution_context()
+    def _largest_output(self, logger) -> tuple[int, ...]:
+        """Create the execution context and ask it for the output shape of the largest input."""
+        self._context = self._engine.create_execution_context()
         if self._context is None:
             raise ModelError(f"{self.engine_path}: cannot create an execution context ({logger.last_error()})")
-        # the largest output: set the largest input shape once and ask TensorRT
+        hi = self._max_shape
         if not self._context.set_input_shape(self._in_name, hi):
             raise ModelError(f"{self.engine_path}: input shape {hi} rejected ({logger.last_error()})")
         out_max = tuple(int(d) for d in self._context.get_tensor_shape(self._out_name))
         if len(out_max) != 4 or min(out_max) < 1:
             raise ModelError(f"{self.engine_path}: output {self._out_name} has shape {out_max}; expected NHWK")
-        in_count, out_count = math.prod(hi), math.prod(out_max)
         self._out_channels = out_max[3]
+        return out_max
 
+    def _allocate(self, in_count: int, out_count: int) -> None:
+        """The two streams and the two buffer slots, sized for the largest batch."""
+        rt = cudart()
         self._copy_stream = cuda_call(rt.cudaStreamCreateWithFlags(rt.cudaStreamNonBlocking), "cudaStreamCreate")
         self._compute_stream = cuda_call(rt.cudaStreamCreateWithFlags(rt.cudaStreamNonBlocking), "cudaStreamCreate")
         for _ in range(2):
@@ -422,8 +190,6 @@ class TensorRTBackend(Backend):
             s.host_out = _pinned_array(s.host_out_ptr, out_count, self._out_dtype)
             s.h2d_done = cuda_call(rt.cudaEventCreateWithFlags(rt.cudaEventDisableTiming), "cudaEventCreate")
             s.d2h_done = cuda_call(rt.cudaEventCreateWithFlags(rt.cudaEventDisableTiming), "cudaEventCreate")
-        log.info("%s: TensorRT engine on GPU %d, batch %d..%d, input %s", self.engine_path.name, self.device,
-                 self._min_batch, self.max_batch, hi[1:])
 
     # -- inference -------------------------------------------------------------------------------
     def _check_batch(self, batch: np.ndarray) -> np.ndarray:

@@ -1,7 +1,7 @@
 """The one image reader and writer of the project (OpenCV, BGR channel order, uint8).
 
 Reading goes through ``numpy.fromfile`` + ``cv2.imdecode`` so that any path works and so that a
-corrupt or truncated file is reported as :class:`~runtime.errors.ImageReadError` naming the file.
+corrupt or truncated file is reported as :class:`~flexunet.core.errors.ImageReadError` naming the file.
 Writing encodes in memory and renames a complete temporary file into place.
 """
 from __future__ import annotations

@@ -11,6 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from flexunet.core.config import class_colors, class_names
 from flexunet.core.errors import ModelError
 from flexunet.core.preprocess import Preprocess
 
@@ -92,8 +93,6 @@ class ModelInfo:
 
     @classmethod
     def from_config(cls, cfg, dynamic_size: bool = False) -> "ModelInfo":
-        from flexunet.core.config import class_colors, class_names
-
         m = cfg.model
         try:
             text = Path(cfg.path).read_text(encoding="utf-8")

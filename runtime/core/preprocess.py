@@ -12,11 +12,10 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
-INTERPOLATION_FLAGS = {
-    "INTER_NEAREST": cv2.INTER_NEAREST, "INTER_LINEAR": cv2.INTER_LINEAR,
-    "INTER_CUBIC": cv2.INTER_CUBIC, "INTER_AREA": cv2.INTER_AREA,
-    "INTER_LANCZOS4": cv2.INTER_LANCZOS4,
-}
+from flexunet.core.config_reader import INTERPOLATIONS
+
+#: OpenCV flag of each interpolation name the config allows ([dataset] resize_interpolation).
+INTERPOLATION_FLAGS = {name: getattr(cv2, name) for name in INTERPOLATIONS}
 
 
 def color_flag(name: str) -> int:
@@ -93,7 +92,7 @@ class Preprocess:
 
     @classmethod
     def from_config(cls, cfg) -> "Preprocess":
-        """The spec a :class:`runtime.config.Config` describes."""
+        """The spec a :class:`flexunet.core.config.Config` describes."""
         return cls(
             channels=cfg.model.image_channels,
             color_converter=cfg.image.color_converter,

@@ -1,0 +1,154 @@
+"""How images are cut into model inputs: :class:`Layout`, and :func:`resolve_layout`, the one place
+that decides the tile, overlap and blend of a run.
+
+Each setting comes from the first of: the option given (API argument or command-line option), the
+model (its fixed input size, then the :class:`~flexunet.core.modelinfo.ModelInfo` stored with it),
+the defaults of :class:`~flexunet.core.modelinfo.ModelInfo` for metadata that does not say.  The
+geometry itself (grids, padding, windows, :func:`~flexunet.core.tiling.fit_tile`) is
+:mod:`flexunet.core.tiling` and :mod:`flexunet.core.blending`; tiles are never resized.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from flexunet.core import blending, tiling
+from flexunet.core.errors import FlexunetError
+from flexunet.core.modelinfo import ModelInfo
+from flexunet.core.tiling import BLEND_MODES
+
+FIT = "fit"            # tile="fit": the tile that computes the least area for the image size
+FIT_MAX_SIDE = 1536    # largest fitted tile side (bounds activation memory)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How an image is cut into model inputs.
+
+    Attributes:
+        tile: ``(height, width)`` of the tiles, or None for one pass over the whole image (or for
+            a ``fit`` layout not fitted to an image yet).
+        overlap: minimum overlap of neighbouring tiles (and the cosine ramp length), pixels.
+        blend: blending window of overlapping tiles: one of :data:`~flexunet.core.tiling.BLEND_MODES`.
+        multiple: whole-image passes pad the image, and fitted tiles are rounded, to a multiple of this.
+        fit: the tile is chosen from the image size (:meth:`fitted`); such a layout cuts nothing
+            until it is fitted.
+    """
+
+    tile: tuple[int, int] | None
+    overlap: int = 0
+    blend: str = "cosine"
+    multiple: int = 1
+    fit: bool = False
+
+    @property
+    def whole(self) -> bool:
+        """One padded pass over the whole image."""
+        return self.tile is None and not self.fit
+
+    def fitted(self, height: int, width: int) -> "Layout":
+        """For a ``fit`` layout, the layout with the tile that computes the least area for a
+        ``height x width`` image (:func:`~flexunet.core.tiling.fit_tile`); any other layout as it is."""
+        if not self.fit:
+            return self
+        tile = tiling.fit_tile(height, width, self.overlap, self.multiple, FIT_MAX_SIDE)
+        return replace(self, tile=tile, fit=False)
+
+    def cut(self, image: np.ndarray) -> tuple[np.ndarray, tuple[int, int], list[tuple[int, int]], np.ndarray | None]:
+        """``(padded image, tile size, tile corners, blending window or None for a whole pass)``.
+
+        The image is reflect-padded at the bottom/right: to a tile when smaller than one, or to
+        ``multiple`` for a whole pass; tiles are never resized.
+
+        Raises:
+            ValueError: for a ``fit`` layout (fit it to the image first).
+        """
+        if self.fit:
+            raise ValueError("a 'fit' layout chooses its tile from an image size: use layout.fitted(h, w)")
+        h, w = image.shape[:2]
+        if self.tile is None:
+            ph, pw = tiling.padded_size(h, w, 1, 1, self.multiple)
+            return tiling.pad_image(image, ph, pw, mode="reflect"), (ph, pw), [(0, 0)], None
+        th, tw = self.tile
+        ph, pw, grid = tiling.plan(h, w, th, tw, self.overlap)
+        window = blending.blend_window(th, tw, self.blend, self.overlap)
+        return tiling.pad_image(image, ph, pw, mode="reflect"), (th, tw), list(grid), window
+
+    def tiles(self, image: np.ndarray) -> np.ndarray:
+        """The (N, h, w, C) model inputs this layout cuts from a pre-processed image (a copy)."""
+        padded, (th, tw), corners, _ = self.cut(image)
+        return np.stack([padded[y:y + th, x:x + tw] for y, x in corners])
+
+
+def size_pair(value, what: str) -> tuple[int, int]:
+    """``512`` or ``(512, 768)`` -> ``(h, w)`` of positive ints.
+
+    Raises:
+        FlexunetError: anything else.
+    """
+    pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and v >= 1 for v in pair):
+        raise FlexunetError(f"{what} must be a positive size or a (height, width) pair, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def _tile(info: ModelInfo, tile, fixed_size: tuple[int, int] | None) -> tuple[int, int] | None:
+    """The tile of a tiled layout: the option, else the model's; None for ``fit``."""
+    if fixed_size is not None:
+        fixed = (int(fixed_size[0]), int(fixed_size[1]))
+        if tile is not None and (tile == FIT or size_pair(tile, "tile") != fixed):
+            shown = tile if isinstance(tile, str) else "x".join(map(str, size_pair(tile, "tile")))
+            raise FlexunetError(f"the model's input is fixed at {fixed[0]}x{fixed[1]}; tile {shown} is not "
+                                "possible (leave it out)")
+        return fixed
+    if tile == FIT:
+        return None
+    th, tw = size_pair(tile, "tile") if tile is not None else info.tile_size
+    return _round_up(th, info.multiple), _round_up(tw, info.multiple)
+
+
+def resolve_layout(info: ModelInfo, tile=None, overlap: int | None = None, blend: str | None = None, *,
+                   whole: bool = False, fixed_size: tuple[int, int] | None = None,
+                   image_size: tuple[int, int] | None = None) -> Layout:
+    """The layout of a run, from the options given (None: not given), then the model, then defaults.
+
+    Args:
+        info: the model's metadata: its tile (``info.tile_size``: the training input size, else
+            512), overlap, blend and size ``multiple``.
+        tile: ``n``, ``(h, w)`` or ``"fit"`` (:data:`FIT`: the tile computing the least area for
+            the image size, at most :data:`FIT_MAX_SIDE`).  Default: the model's tile.  A
+            dynamic-size model's tile is rounded up to a multiple of ``info.multiple``.
+        overlap: minimum overlap of neighbouring tiles, ``0 <= overlap <`` the tile.  Default: the
+            model's, limited to half the tile (not limited for ``fit``, whose tiles are larger).
+        blend: one of :data:`~flexunet.core.tiling.BLEND_MODES`.  Default: the model's.
+        whole: one pass over the whole image padded to ``info.multiple`` (overlap 0); wins over
+            ``tile``.
+        fixed_size: the ``(h, w)`` input size of a fixed-size model (None: dynamic size): the only
+            tile such a model takes.
+        image_size: ``(h, w)`` of the image a ``fit`` tile is chosen for; without it a ``fit``
+            layout is returned (``layout.fit``: call :meth:`Layout.fitted` per run).
+
+    Raises:
+        FlexunetError: options the model does not allow, or out of range.
+    """
+    blend = blend or info.blend
+    if blend not in BLEND_MODES:
+        raise FlexunetError(f"blend must be one of {', '.join(BLEND_MODES)}, got {blend!r}")
+    if whole:
+        if fixed_size is not None:
+            raise FlexunetError(f"--whole needs a model that accepts any input size; this one is fixed at "
+                                f"{fixed_size[0]}x{fixed_size[1]} (use tiled inference)")
+        return Layout(None, 0, blend, info.multiple)
+    size = _tile(info, tile, fixed_size)
+    side = min(size) if size is not None else FIT_MAX_SIDE // 2  # the overlap must stay below it
+    if overlap is None:
+        overlap = int(info.overlap) if size is None else min(int(info.overlap), side // 2)
+    elif not 0 <= overlap < side:
+        raise FlexunetError(f"overlap must be at least 0 and smaller than the tile, got {overlap}")
+    layout = Layout(size, int(overlap), blend, info.multiple, fit=size is None)
+    return layout.fitted(*image_size) if image_size is not None else layout
