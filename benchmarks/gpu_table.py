@@ -38,7 +38,7 @@ def main(argv=None):
     ap.add_argument("--baseline-slides", type=int, default=2)
     args = ap.parse_args(argv)
 
-    from flexunet.runtime.backends.tensorrt import check_available
+    from flexunet.runtime.backends.tensorrt_platform import check_available
 
     reason = check_available()
     if reason:

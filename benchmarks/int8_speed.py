@@ -52,7 +52,7 @@ def main(argv=None):
     from flexunet.core.config import load_config
     from flexunet.export.exporter import ExportOptions, find_config, run_export
     from flexunet.export.onnx import read_info
-    from flexunet.export.tiles import tiles_from_images
+    from flexunet.runtime.tiles import image_tiles
     from flexunet.export.verify import predict_batches
     from flexunet.core.imageio import list_images
     from flexunet.train.dataset import split_pairs
@@ -70,7 +70,7 @@ def main(argv=None):
             calibration_images=calib_images, calibration_count=args.calibration_count, int8_min_dice=0.0,
             int8_weights=args.int8_weights, int8_target_dice=args.int8_target_dice))
         info = read_info(out / "model.onnx")
-        tiles = tiles_from_images(test_images, info, args.tiles, seed=12345)
+        tiles = image_tiles(test_images, info, args.tiles, seed=12345)
         from flexunet.runtime.backends.onnx import OnnxBackend
 
         # sessions timed in turn: no thread spinning (see timeit_interleaved)

@@ -121,7 +121,7 @@ def measure(model_path: Path, args) -> dict:
     from flexunet.core.imageio import list_images
     from flexunet.export.int8_bias import int8_rounded
     from flexunet.export.onnx import read_info
-    from flexunet.export.tiles import tiles_from_images
+    from flexunet.runtime.tiles import image_tiles
     from flexunet.export.verify import onnx_predict
     from flexunet.train.dataset import split_pairs
 
@@ -138,9 +138,9 @@ def measure(model_path: Path, args) -> dict:
         cfg = load_config(cfg_path, data_root=args.data_root)
         images, where = [p.image for p in split_pairs(cfg, "test")], f"[test] split of {cfg_path}"
         calibration = [p.image for p in split_pairs(cfg, "train")]
-    tiles = tiles_from_images(images, info, args.tiles)
+    tiles = image_tiles(images, info, args.tiles)
     model = onnx.load_model(str(model_path))
-    means = input_means(model, tiles_from_images(calibration, info, args.calibration_count, augment=True)
+    means = input_means(model, image_tiles(calibration, info, args.calibration_count, augment=True)
                         if calibration else tiles)
     reference = onnx_predict(model_path, tiles)
     name = label_of(model_path)

@@ -10,61 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
-from flexunet.core.errors import FlexunetError, ImageReadError
-from flexunet.core.imageio import expand_inputs, read_image
+from flexunet.core.errors import FlexunetError
+from flexunet.core.imageio import expand_inputs
 from flexunet.core.modelinfo import ModelInfo
-from flexunet.runtime.segment import Layout
+from flexunet.runtime.tiles import image_tiles
 
 log = logging.getLogger("flexunet")
-
-
-def tiles_from_images(paths: list[Path], info: ModelInfo, count: int, seed: int = 0,
-                      overlap: int = 0, augment: bool = False) -> np.ndarray:
-    """Up to ``count`` pre-processed (h, w, C) tiles drawn evenly from the images' tile grids
-    (``augment``: with flips and rotations when the grids hold fewer, see :func:`with_symmetries`).
-
-    Unreadable files are skipped with a warning; no readable image at all is an error.
-    """
-    layout = Layout(info.tile_size, overlap)
-    per_image: list[np.ndarray] = []
-    bad = []
-    for p in paths:
-        try:
-            img = read_image(p, channels=3)
-        except ImageReadError as exc:
-            bad.append(str(exc))
-            continue
-        per_image.append(layout.tiles(info.preprocess(img)))
-    for msg in bad:
-        log.warning(f"skipped {msg}")
-    if not per_image:
-        raise FlexunetError(f"no readable images among {len(paths)} file(s)"
-                            + (f" (first problem: {bad[0]})" if bad else ""))
-    rng = np.random.default_rng(seed)
-    pool = np.concatenate(per_image)
-    if augment and len(pool) < count:
-        pool = with_symmetries(pool, count)
-    if len(pool) > count:
-        pool = pool[np.sort(rng.choice(len(pool), count, replace=False))]
-    return np.ascontiguousarray(pool, dtype=np.float32)
-
-
-def with_symmetries(tiles: np.ndarray, count: int) -> np.ndarray:
-    """``tiles`` followed by their flips (and 90° rotations, for square tiles), as many as make up
-    ``count`` (at most 8x): more distinct model inputs when the images give fewer tiles than asked,
-    as training's augmentation does.  Each transform applies to every tile before the next one."""
-    square = tiles.shape[1] == tiles.shape[2]
-    views = [lambda t: t[:, :, ::-1], lambda t: t[:, ::-1]]
-    if square:
-        views += [lambda t: np.rot90(t, 1, (1, 2)), lambda t: np.rot90(t, 3, (1, 2)),
-                  lambda t: t[:, ::-1, ::-1], lambda t: np.rot90(t[:, :, ::-1], 1, (1, 2)),
-                  lambda t: np.rot90(t[:, :, ::-1], 3, (1, 2))]
-    out = [tiles]
-    for view in views:
-        if sum(len(o) for o in out) >= count:
-            break
-        out.append(view(tiles))
-    return np.concatenate(out)
 
 
 def calibration_paths(source) -> tuple[list[Path], str]:
@@ -89,7 +40,7 @@ def calibration_tiles(source, info: ModelInfo, count: int, seed: int = 0) -> np.
     and rotated views when the images give fewer than ``count`` tiles)."""
     paths, where = calibration_paths(source)
     try:
-        return tiles_from_images(paths, info, count, seed, augment=True)
+        return image_tiles(paths, info, count, seed, augment=True)
     except FlexunetError as exc:
         raise FlexunetError(f"{where}: calibration: {exc}") from None
 
@@ -122,7 +73,7 @@ def verification_tiles(cfg, info: ModelInfo, count: int = 6, seed: int = 0) -> t
                     paths = [p for p in paths if p.name in wanted or p.stem in wanted]
                 if paths:
                     try:
-                        return tiles_from_images(paths[:max(2, count)], info, count, seed), str(folder)
+                        return image_tiles(paths[:max(2, count)], info, count, seed), str(folder)
                     except FlexunetError:
                         continue
     from flexunet.train.synth import render_sample

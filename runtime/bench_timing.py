@@ -10,10 +10,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from flexunet.core.errors import FlexunetError, ImageReadError
-from flexunet.core.imageio import read_image
+from flexunet.core.errors import FlexunetError
 from flexunet.runtime.backends import Backend
 from flexunet.runtime.measure import PeakRSS, percentiles
+from flexunet.runtime.tiles import image_tiles
 
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8)
 
@@ -38,28 +38,16 @@ def parse_batch_sizes(text: str | Sequence[int]) -> list[int]:
 
 
 def sample_tiles(paths: Sequence[Path], segmenter, count: int, seed: int = 0) -> tuple[np.ndarray, str]:
-    """``count`` pre-processed tiles of the segmenter's tile size (with ``tile="fit"``, the tile
-    fitted to the first readable image): real tiles cut from the images (repeated when there are
-    fewer), else random images pre-processed; and which it was."""
+    """``count`` pre-processed tiles of the segmenter's layout (a ``fit`` tile fitted to the first
+    readable image) from at most ``count`` images, repeated when they hold fewer; random images
+    pre-processed when none is readable; and which it was."""
     info = segmenter.info
-    layout = None
-    tiles: list[np.ndarray] = []
-    for path in paths:
-        if len(tiles) >= count:
-            break
-        try:
-            image = read_image(path)
-        except ImageReadError:
-            continue
-        layout = layout or segmenter.layout(image.shape[:2])
-        tiles += list(layout.tiles(info.preprocess(image))[:count - len(tiles)])
-    source = "image tiles"
-    if not tiles:
+    try:
+        stack, source = image_tiles(list(paths)[:count], info, count, seed, layout=segmenter.layout()), "image tiles"
+    except FlexunetError:
         th, tw = segmenter.layout().tile or info.tile_size
-        rng = np.random.default_rng(seed)
-        tiles = [info.preprocess(rng.integers(0, 256, size=(th, tw, 3), dtype=np.uint8))]
-        source = "random tiles"
-    stack = np.stack(tiles).astype(np.float32, copy=False)
+        noise = np.random.default_rng(seed).integers(0, 256, size=(th, tw, 3), dtype=np.uint8)
+        stack, source = info.preprocess(noise)[None].astype(np.float32), "random tiles"
     reps = -(-count // len(stack))
     return np.ascontiguousarray(np.concatenate([stack] * reps)[:count]), source
 

@@ -459,7 +459,8 @@ def test_int8_weight_bits_follow_the_cpu(monkeypatch):
 
 
 def test_calibration_views_make_up_a_short_tile_count():
-    from flexunet.export.tiles import hold_out, with_symmetries
+    from flexunet.export.tiles import hold_out
+    from flexunet.runtime.tiles import with_symmetries
 
     tiles = np.random.default_rng(0).random((2, 4, 4, 3)).astype(np.float32)
     six = with_symmetries(tiles, 6)

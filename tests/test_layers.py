@@ -106,3 +106,15 @@ def test_the_checker_sees_an_upward_import(tmp_path):
     bad.write_text("def f():\n    from flexunet.runtime.segmenter import Segmenter\n")
     targets = _imports(bad, "flexunet.core.bad")
     assert targets == [("flexunet.runtime.segmenter", 2)] and layer(targets[0][0]) > layer("flexunet.core.bad")
+
+
+@pytest.mark.parametrize("script", sorted((REPO / "benchmarks").glob("*.py")) + sorted((REPO / "tests").glob("*.py")),
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_scripts_and_tests_import_flexunet_by_its_one_name(script):
+    """Benchmarks put the repository root on sys.path (to share benchmarks/common.py), where the
+    folders also import as ``runtime``, ``train``...: a second copy of flexunet. They never do."""
+    folders = {p.name for p in REPO.iterdir() if (p / "__init__.py").is_file()} - {"benchmarks"}
+    tree = ast.parse(script.read_text(encoding="utf-8"))
+    names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    names += [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and not n.level]
+    assert not [n for n in names if n.split(".")[0] in folders], folders

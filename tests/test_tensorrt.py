@@ -35,7 +35,8 @@ from flexunet.export.tensorrt import (
     sidecar_path,
     validate_settings,
 )
-from flexunet.runtime.backends.tensorrt import TensorRTBackend, model_info_from_sidecar, sha256_bytes
+from flexunet.runtime.backends.tensorrt import TensorRTBackend
+from flexunet.runtime.backends.tensorrt_sidecar import model_info_from_sidecar, sha256_bytes
 from flexunet.core.errors import EXIT_USAGE, FlexunetError, MissingDependencyError, ModelError
 from flexunet.core.metrics import dice
 from flexunet.core.modelinfo import ModelInfo

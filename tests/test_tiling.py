@@ -458,13 +458,6 @@ TUNED = ModelInfo(height=None, width=None, channels=3, num_classes=1, multiple=1
                   tile=(100, 100), overlap=10, blend="gaussian")                 # metadata with tiling
 
 
-def test_blending_names_are_still_importable_from_tiling():
-    assert (tiling.Stitcher, tiling.blend_window, tiling.MIN_WEIGHT) == \
-        (blending.Stitcher, blending.blend_window, blending.MIN_WEIGHT)
-    with pytest.raises(AttributeError):
-        tiling.no_such_name
-
-
 def test_resolve_layout_options_then_metadata_then_defaults():
     assert resolve_layout(BARE) == Layout((512, 512), 64, "cosine", 1)
     assert resolve_layout(TUNED) == Layout((112, 112), 10, "gaussian", 16)    # the tile rounded up to 16

@@ -30,26 +30,8 @@ import numpy as np
 
 from flexunet.core.errors import FlexunetError, MissingDependencyError, ModelError
 from flexunet.runtime.backends.base import Backend
-from flexunet.runtime.backends.tensorrt_platform import (  # noqa: F401  (public here too)
-    MIN_TENSORRT,
-    check_available,
-    cuda_call,
-    cudart,
-    current_platform,
-    import_tensorrt,
-    trt_logger,
-)
-from flexunet.runtime.backends.tensorrt_sidecar import (  # noqa: F401  (public here too)
-    PLATFORM_KEYS,
-    SIDECAR_FORMAT,
-    SIDECAR_SUFFIX,
-    compatibility_problem,
-    load_engine_checked,
-    model_info_from_sidecar,
-    read_sidecar,
-    sha256_bytes,
-    sidecar_path,
-)
+from flexunet.runtime.backends.tensorrt_platform import check_available, cuda_call, cudart, import_tensorrt, trt_logger
+from flexunet.runtime.backends.tensorrt_sidecar import load_engine_checked, model_info_from_sidecar, sidecar_path
 
 log = logging.getLogger("flexunet.tensorrt")
 

@@ -17,7 +17,7 @@ from flexunet.core.config_checks import (
 )
 from flexunet.core.config_reader import COLOR_CONVERSIONS, INTERPOLATIONS
 from flexunet.core.errors import ConfigError
-from flexunet.core.tiling import BLEND_MODES
+from flexunet.core.tiling import BLEND_MODES, DEFAULT_BLEND, DEFAULT_OVERLAP
 
 UNET_MODEL_NAMES = (
     "TensorflowUNet", "TensorFlowUNet", "TensorFlowFlexUNet", "TensorflowFlexUNet",
@@ -98,8 +98,8 @@ class InferConfig:
 
 @dataclass
 class TiledInferConfig(InferConfig):
-    overlapping: int = key(64, integer(0))
-    blend: str = key("cosine", string(BLEND_MODES))
+    overlapping: int = key(DEFAULT_OVERLAP, integer(0))
+    blend: str = key(DEFAULT_BLEND, string(BLEND_MODES))
     batch_size: int = key(4, integer(1))
 
 

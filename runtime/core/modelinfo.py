@@ -14,6 +14,7 @@ from pathlib import Path
 from flexunet.core.config import class_colors, class_names
 from flexunet.core.errors import ModelError
 from flexunet.core.preprocess import Preprocess
+from flexunet.core.tiling import DEFAULT_BLEND, DEFAULT_OVERLAP, DEFAULT_TILE
 
 METADATA_KEY = "flexunet.info"
 SCHEMA_VERSION = 1
@@ -32,8 +33,8 @@ class ModelInfo:
     class_names: list = field(default_factory=lambda: ["background", "foreground"])
     class_colors: list = field(default_factory=lambda: [(0, 0, 0), (255, 255, 255)])  # RGB per class
     tile: tuple | None = None          # default tile (h, w): the training input size
-    overlap: int = 64
-    blend: str = "cosine"
+    overlap: int = DEFAULT_OVERLAP
+    blend: str = DEFAULT_BLEND
     input_name: str = "image"
     output_name: str = "probabilities"
     precision: str = "fp32"
@@ -48,7 +49,7 @@ class ModelInfo:
             return int(self.tile[0]), int(self.tile[1])
         if self.height and self.width:
             return self.height, self.width
-        return 512, 512
+        return DEFAULT_TILE, DEFAULT_TILE
 
     # ------------------------------------------------------------------------------------------
     def to_json(self) -> str:

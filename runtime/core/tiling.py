@@ -13,9 +13,9 @@ The conventions, stated once:
 * Overlapping predictions are blended by :mod:`flexunet.core.blending` with one of
   :data:`BLEND_MODES`; :func:`fit_tile` picks a tile size for an image size.
 
-Modelled on MONAI's ``sliding_window_inference`` helpers: geometry lives in small pure functions.
-``blend_window``, ``Stitcher`` and ``MIN_WEIGHT`` live in :mod:`flexunet.core.blending` and can
-still be imported from here.
+Modelled on MONAI's ``sliding_window_inference`` helpers: geometry lives in small pure functions;
+the blending windows and the ``Stitcher`` live in :mod:`flexunet.core.blending`, which builds on
+this module (never the other way round).
 """
 from __future__ import annotations
 
@@ -26,18 +26,13 @@ from dataclasses import dataclass
 import numpy as np
 
 BLEND_MODES = ("none", "cosine", "gaussian")  # blending windows of overlapping tiles (core.blending)
+#: Defaults of a model whose metadata (or training config) does not say: its tiles overlap by
+#: DEFAULT_OVERLAP pixels, blended with DEFAULT_BLEND; DEFAULT_TILE is the tile side of a model
+#: that records neither a tile nor an input size.
+DEFAULT_OVERLAP = 64
+DEFAULT_BLEND = "cosine"
+DEFAULT_TILE = 512
 PAD_MODES = ("reflect", "constant")
-_BLENDING_NAMES = ("blend_window", "Stitcher", "MIN_WEIGHT")
-
-
-def __getattr__(name: str):
-    """``tiling.Stitcher``, ``tiling.blend_window``, ``tiling.MIN_WEIGHT``: defined in
-    :mod:`flexunet.core.blending` (which imports this module, so it is loaded on first use)."""
-    if name in _BLENDING_NAMES:
-        from flexunet.core import blending
-
-        return getattr(blending, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def checked_int(value: int, name: str, minimum: int) -> int:
