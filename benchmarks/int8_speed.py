@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import percentiles, timeit_interleaved, write_results  # noqa: E402
 
 
-def main(argv=None):
+def _parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, required=True)
     ap.add_argument("--config", type=Path, default=None)
@@ -43,18 +43,14 @@ def main(argv=None):
                          "with these keyword arguments, e.g. first_fp32:float_first_conv=1 or plain:rewrite=0 "
                          "(repeatable)")
     ap.add_argument("--name", default="int8_speed")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
-    from flexunet.core.console import import_tensorflow_quietly
 
-    import_tensorflow_quietly()
-    from flexunet.core.compare import compare
+def _image_sets(args):
+    """(config path, data root, calibration images, timing images, and a description of each)."""
     from flexunet.core.config import load_config
-    from flexunet.export.exporter import ExportOptions, find_config, run_export
-    from flexunet.export.onnx import read_info
-    from flexunet.runtime.tiles import image_tiles
-    from flexunet.export.verify import predict_batches
     from flexunet.core.imageio import list_images
+    from flexunet.export.exporter import find_config
     from flexunet.train.dataset import split_pairs
 
     cfg_path, data_root = find_config(args.model, args.config, args.data_root)
@@ -63,66 +59,69 @@ def main(argv=None):
     test_images = list_images(args.images) if args.images else [p.image for p in split_pairs(cfg, "test")]
     calib_where = args.calibration_images or f"{len(calib_images)} [train] images"
     test_where = args.images or f"{len(test_images)} held-out [test] images"
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp)
-        report = run_export(args.model, ExportOptions(
-            out_dir=out, config=cfg_path, data_root=data_root, int8=True,
-            calibration_images=calib_images, calibration_count=args.calibration_count, int8_min_dice=0.0,
-            int8_weights=args.int8_weights, int8_target_dice=args.int8_target_dice))
-        info = read_info(out / "model.onnx")
-        tiles = image_tiles(test_images, info, args.tiles, seed=12345)
-        from flexunet.runtime.backends.onnx import OnnxBackend
+    return cfg_path, data_root, calib_images, test_images, calib_where, test_where
 
-        # sessions timed in turn: no thread spinning (see timeit_interleaved)
-        fp32 = OnnxBackend(out / "model.onnx", provider="cpu", threads=args.threads, spinning=False)
-        int8 = OnnxBackend(out / "model.int8.onnx", provider="cpu", threads=args.threads, spinning=False)
-        p32 = predict_batches(fp32.predict, tiles)
-        p8 = predict_batches(int8.predict, tiles)
-        agree = compare(p32, p8, info.threshold)
-        variants = {}
-        if args.variant:
-            from flexunet.export.int8_quantize import quantize_int8
-            from flexunet.export.tiles import calibration_tiles
 
-            calib = calibration_tiles(calib_images, info, args.calibration_count)
-            bits = report["artifacts"]["model.int8.onnx"]["weight_bits"]
-            for spec in args.variant:
-                vname, kw = _variant(spec)
-                path = out / f"model.{vname}.onnx"
-                quantize_int8(out / "model.onnx", path, calib, info.input_name, **{"weight_bits": bits, **kw})
-                backend = OnnxBackend(path, provider="cpu", threads=args.threads, spinning=False)
-                va = compare(p32, predict_batches(backend.predict, tiles), info.threshold)
-                variants[vname] = {"options": kw, "backend": backend, "vs_fp32": va.to_dict()}
-        rows = []
-        for bs in [int(b) for b in args.batch_sizes.split(",")]:
-            batch = tiles[:bs]
-            fns = {"fp32": lambda: fp32.predict(batch), "int8": lambda: int8.predict(batch),
-                   **{k: (lambda b=v["backend"]: b.predict(batch)) for k, v in variants.items()}}
-            times = timeit_interleaved(fns, args.repeat, warmup=2)
-            l32, l8 = percentiles(times["fp32"]), percentiles(times["int8"])
-            rows.append({"batch": bs, "fp32_ms_per_tile": 1e3 * l32["p50"] / bs,
-                         "int8_ms_per_tile": 1e3 * l8["p50"] / bs, "speedup": l32["p50"] / l8["p50"],
-                         "fp32_latency_s": l32, "int8_latency_s": l8})
-            for k, v in variants.items():
-                lv = percentiles(times[k])
-                v.setdefault("rows", []).append({"batch": bs, "ms_per_tile": 1e3 * lv["p50"] / bs,
-                                                 "speedup": l32["p50"] / lv["p50"], "latency_s": lv})
-        for v in variants.values():
-            del v["backend"]
-        sizes = {k: v.get("bytes") for k, v in report["artifacts"].items()}
+def _session(path: Path, threads):
+    """An ONNX Runtime CPU session without thread spinning (sessions timed in turn, see timeit_interleaved)."""
+    from flexunet.runtime.backends.onnx import OnnxBackend
 
+    return OnnxBackend(path, provider="cpu", threads=threads, spinning=False)
+
+
+def _variants(args, out: Path, info, calib_images, bits: int, p32, tiles) -> dict:
+    """The --variant INT8 models: their options, sessions and agreement with FP32."""
+    from flexunet.core.compare import compare
+    from flexunet.export.int8_quantize import quantize_int8
+    from flexunet.export.tiles import calibration_tiles
+    from flexunet.export.verify import predict_batches
+
+    if not args.variant:
+        return {}
+    calib = calibration_tiles(calib_images, info, args.calibration_count)
+    variants = {}
+    for spec in args.variant:
+        vname, kw = _variant(spec)
+        path = out / f"model.{vname}.onnx"
+        quantize_int8(out / "model.onnx", path, calib, info.input_name, **{"weight_bits": bits, **kw})
+        backend = _session(path, args.threads)
+        va = compare(p32, predict_batches(backend.predict, tiles), info.threshold)
+        variants[vname] = {"options": kw, "backend": backend, "vs_fp32": va.to_dict()}
+    return variants
+
+
+def _time_rows(args, fp32, int8, variants: dict, tiles) -> list[dict]:
+    """Per batch size: FP32, INT8 (and variant) latency percentiles, called in turn."""
+    rows = []
+    for bs in [int(b) for b in args.batch_sizes.split(",")]:
+        batch = tiles[:bs]
+        fns = {"fp32": lambda: fp32.predict(batch), "int8": lambda: int8.predict(batch),
+               **{k: (lambda b=v["backend"]: b.predict(batch)) for k, v in variants.items()}}
+        times = timeit_interleaved(fns, args.repeat, warmup=2)
+        l32, l8 = percentiles(times["fp32"]), percentiles(times["int8"])
+        rows.append({"batch": bs, "fp32_ms_per_tile": 1e3 * l32["p50"] / bs,
+                     "int8_ms_per_tile": 1e3 * l8["p50"] / bs, "speedup": l32["p50"] / l8["p50"],
+                     "fp32_latency_s": l32, "int8_latency_s": l8})
+        for k, v in variants.items():
+            lv = percentiles(times[k])
+            v.setdefault("rows", []).append({"batch": bs, "ms_per_tile": 1e3 * lv["p50"] / bs,
+                                             "speedup": l32["p50"] / lv["p50"], "latency_s": lv})
+    return rows
+
+
+def _markdown(args, report: dict, tiles, rows, agree, variants, calib_where, test_where) -> str:
+    int8 = report["artifacts"]["model.int8.onnx"]
     tile = f"{tiles.shape[1]}x{tiles.shape[2]}"
     md = [f"# INT8 vs FP32 ONNX Runtime (CPU), {tile} tiles", "",
           f"model: `{args.model}` ({report['parameters']:,} parameters); tiles: {len(tiles)} real tiles from "
           f"{test_where}; INT8 calibrated on {args.calibration_count} tiles of {calib_where}, "
-          f"{report['artifacts']['model.int8.onnx']['weight_bits']}-bit weights; CPU VNNI: "
-          f"{report['artifacts']['model.int8.onnx']['cpu_has_vnni']}", "",
+          f"{int8['weight_bits']}-bit weights; CPU VNNI: {int8['cpu_has_vnni']}", "",
           "| batch | FP32 ms/tile | INT8 ms/tile | speed-up |", "|---|---|---|---|"]
     for r in rows:
         md.append(f"| {r['batch']} | {r['fp32_ms_per_tile']:.1f} | {r['int8_ms_per_tile']:.1f} | {r['speedup']:.2f}x |")
     md += ["", f"INT8 vs FP32 on the same tiles: mask dice {agree.dice:.4f}, max |Δp| {agree.max_abs_diff:.3f}, "
                f"mean |Δp| {agree.mean_abs_diff:.4f}", ""]
-    tuning = report["artifacts"]["model.int8.onnx"].get("tuning")
+    tuning = int8.get("tuning")
     if tuning:
         md += [f"Mixed-precision search (target dice {tuning['target_dice']} on {tuning['check_tiles']} held-out "
                f"calibration tiles): all-INT8 dice {tuning['dice_all_int8']:.4f}; "
@@ -139,10 +138,44 @@ def main(argv=None):
                 md.append(f"| {vname} ({opts}) | {r['batch']} | {r['ms_per_tile']:.1f} | {r['speedup']:.2f}x "
                           f"| {v['vs_fp32']['dice']:.4f} |")
         md.append("")
-    text = "\n".join(md)
+    return "\n".join(md)
+
+
+def main(argv=None):
+    args = _parse_args(argv)
+    from flexunet.core.console import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
+    from flexunet.core.compare import compare
+    from flexunet.export.exporter import ExportOptions, run_export
+    from flexunet.export.onnx import read_info
+    from flexunet.export.verify import predict_batches
+    from flexunet.runtime.tiles import image_tiles
+
+    cfg_path, data_root, calib_images, test_images, calib_where, test_where = _image_sets(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        report = run_export(args.model, ExportOptions(
+            out_dir=out, config=cfg_path, data_root=data_root, int8=True,
+            calibration_images=calib_images, calibration_count=args.calibration_count, int8_min_dice=0.0,
+            int8_weights=args.int8_weights, int8_target_dice=args.int8_target_dice))
+        info = read_info(out / "model.onnx")
+        tiles = image_tiles(test_images, info, args.tiles, seed=12345)
+        fp32, int8 = _session(out / "model.onnx", args.threads), _session(out / "model.int8.onnx", args.threads)
+        p32 = predict_batches(fp32.predict, tiles)
+        agree = compare(p32, predict_batches(int8.predict, tiles), info.threshold)
+        bits = report["artifacts"]["model.int8.onnx"]["weight_bits"]
+        variants = _variants(args, out, info, calib_images, bits, p32, tiles)
+        rows = _time_rows(args, fp32, int8, variants, tiles)
+        for v in variants.values():
+            del v["backend"]
+        sizes = {k: v.get("bytes") for k, v in report["artifacts"].items()}
+
+    text = _markdown(args, report, tiles, rows, agree, variants, calib_where, test_where)
     print(text)
-    write_results(args.name, {"model": str(args.model), "tile": tile, "tiles": len(tiles), "rows": rows,
-                              "int8_vs_fp32": agree.to_dict(), "sizes_bytes": sizes, "int8_tuning": tuning,
+    write_results(args.name, {"model": str(args.model), "tile": f"{tiles.shape[1]}x{tiles.shape[2]}",
+                              "tiles": len(tiles), "rows": rows, "int8_vs_fp32": agree.to_dict(),
+                              "sizes_bytes": sizes, "int8_tuning": report["artifacts"]["model.int8.onnx"].get("tuning"),
                               "calibration_images": str(calib_where), "test_images": str(test_where),
                               "int8_variants": variants}, text)
 
