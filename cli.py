@@ -2,16 +2,40 @@
 
 Subcommands are looked up lazily (click's LazyGroup pattern): ``flexunet --help`` and the runtime
 commands never import TensorFlow; ``train``/``evaluate``/``export`` import it only when they run.
+Ctrl-C exits 130 with one line from the moment this module starts loading in the ``flexunet``
+process (:func:`~flexunet.core.console.install_interrupt_handler`; importing it elsewhere changes
+no signal handling).
 """
 from __future__ import annotations
 
+import os
+import sys
+
+from flexunet.core import console
+
+
+def _is_the_command() -> bool:
+    """Whether this process is the ``flexunet`` command (its console script or ``python -m
+    flexunet``), not a program that imports this module."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name == "flexunet.__main__":
+        return True
+    script = os.path.basename(getattr(main, "__file__", None) or "")
+    return os.path.splitext(script)[0] in ("flexunet", "flexunet-script")
+
+
+if _is_the_command():  # before the imports below: they take most of the start-up time
+    console.install_interrupt_handler()
+
+import errno
 import importlib
 import importlib.util
 
 import click
 
 from flexunet.core.console import quiet_tensorflow, setup_logging
-from flexunet.core.errors import EXIT_CODES_HELP
+from flexunet.core.errors import EXIT_CODES_HELP, EXIT_INTERRUPTED
 
 # name -> "module:attribute" of the click command
 COMMANDS = {
@@ -59,9 +83,28 @@ def cli(verbose):
 
 
 def main(argv=None):
+    """The ``flexunet`` process: run the command line and exit with its code (see EXIT_CODES_HELP).
+
+    It installs the process's Ctrl-C handler (:func:`~flexunet.core.console.install_interrupt_handler`),
+    and click runs without its standalone mode so that Ctrl-C never becomes click's ``Aborted!``
+    (exit 1); usage errors are shown as click shows them (exit 2)."""
+    console.install_interrupt_handler()
     setup_logging()
     quiet_tensorflow()
-    cli.main(args=argv, prog_name="flexunet")
+    try:
+        code = cli.main(args=argv, prog_name="flexunet", standalone_mode=False)
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    except (click.Abort, KeyboardInterrupt):  # only where the handler could not be installed
+        click.echo(console.INTERRUPTED, err=True)
+        code = EXIT_INTERRUPTED
+    except OSError as exc:
+        if exc.errno != errno.EPIPE:
+            raise
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the reader has gone
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

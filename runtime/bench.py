@@ -33,6 +33,7 @@ from flexunet.runtime.backends import Backend, load_backend
 from flexunet.runtime.bench_seed import check_baseline, seed_baseline
 from flexunet.runtime.bench_timing import (DEFAULT_BATCH_SIZES, CountingBackend, Progress, end_to_end,
                                            latency_sweep, parse_batch_sizes, sample_tiles)
+from flexunet.runtime.layout import check_memory, tile_source
 from flexunet.runtime.measure import flexunet_version, machine
 
 
@@ -50,6 +51,30 @@ def _check_counts(**counts: tuple[int, int]) -> None:
     for name, (value, low) in counts.items():
         if value < low:
             raise FlexunetError(f"{name} must be at least {low}, got {value}")
+
+
+def _probe(backend: CountingBackend, model: Path, tile, overlap: int | None, blend: str | None, largest_batch: int):
+    """A Segmenter of the benchmark's layout (batch 1), once batches of ``largest_batch`` tiles are
+    known to fit in memory (:func:`~flexunet.runtime.layout.check_memory`)."""
+    from flexunet.runtime.segmenter import Segmenter
+
+    probe = Segmenter(backend, tile=tile, overlap=overlap, blend=blend, batch_size=1)
+    try:
+        check_memory(probe.layout(), backend.info, largest_batch, tile_source(tile, backend.fixed_size))
+    except FlexunetError as exc:
+        raise FlexunetError(f"{model}: {exc}") from None
+    return probe
+
+
+def _options(seg, given: dict, batch_size: int | None, threads: int | None, images: int, latency_tiles: str,
+             baseline: dict) -> dict:
+    """bench.json's options: those ``given``, what the run made of the others, ``baseline``'s."""
+    layout = seg.layout()
+    return {**given, "e2e_batch_size": seg.batch_size,
+            "e2e_batch_size_source": "--batch-size" if batch_size else "fastest in the sweep",
+            "tile": "fit" if seg.fit else list(layout.tile) if layout.tile else None,
+            "overlap": layout.overlap, "blend": layout.blend, "threads": threads or cpu_threads(),
+            "images": images, "latency_tiles": latency_tiles, **baseline}
 
 
 def _baseline(loaded: Backend, model: Path, keras_path: Path, config, seg, paths: Sequence[Path], e2e: dict,
@@ -94,7 +119,8 @@ def run_bench(model: str | os.PathLike, images: Sequence[str | os.PathLike], *, 
             or ``keras``) over the first ``baseline_slides`` images.
 
     Raises:
-        FlexunetError: bad options, no images, a model that cannot be loaded.
+        FlexunetError: bad options, no images or none readable, a model that cannot be loaded, tile
+            batches too large for the memory available.
     """
     from flexunet.runtime.segmenter import Segmenter
 
@@ -111,7 +137,7 @@ def run_bench(model: str | os.PathLike, images: Sequence[str | os.PathLike], *, 
                           config=config if model.suffix.lower() == ".keras" else None)
     try:
         counter = CountingBackend(loaded)
-        probe = Segmenter(counter, tile=tile, overlap=overlap, blend=blend, batch_size=1)
+        probe = _probe(counter, model, tile, overlap, blend, max([*batch_sizes, batch_size or 1]))
         say(f"backend: {loaded.name}; {probe.describe().rsplit(', batch', 1)[0]}")
         tiles, source = sample_tiles(paths, probe, max(batch_sizes))
         latency = latency_sweep(loaded, tiles, batch_sizes, repeat, warmup, say)
@@ -121,14 +147,9 @@ def run_bench(model: str | os.PathLike, images: Sequence[str | os.PathLike], *, 
         e2e = end_to_end(seg, paths, runs, say)
         result_baseline = None if keras_path is None else \
             _baseline(loaded, model, keras_path, config, seg, paths, e2e, runs, baseline_slides, say)
-        layout = seg.layout()
-        options = {"backend": backend, "batch_sizes": list(batch_sizes), "repeat": repeat, "warmup": warmup,
-                   "runs": runs, "e2e_batch_size": seg.batch_size,
-                   "e2e_batch_size_source": "--batch-size" if batch_size else "fastest in the sweep",
-                   "tile": "fit" if seg.fit else list(layout.tile) if layout.tile else None,
-                   "overlap": layout.overlap, "blend": layout.blend, "threads": threads or cpu_threads(),
-                   "images": len(paths), "latency_tiles": source, "baseline": baseline,
-                   "baseline_slides": baseline_slides}
+        options = _options(seg, dict(backend=backend, batch_sizes=list(batch_sizes), repeat=repeat, warmup=warmup,
+                                     runs=runs), batch_size, threads, len(paths), source,
+                           dict(baseline=baseline, baseline_slides=baseline_slides))
         mach = machine()
         return {"tool": "flexunet bench", "flexunet_version": flexunet_version(), "date": started,
                 "seconds": round(time.perf_counter() - t0, 3), "machine": mach, "model": _model_summary(loaded),

@@ -24,8 +24,8 @@ EPILOG = (
     "value; end-to-end folder runs (decode to written masks, --runs times, the fastest reported): "
     "slides/s, tiles/s, busy seconds per stage, peak RSS; with --baseline seed the seed API's tiled loop "
     "on the same Keras model and the ratio ours/seed in slides/s. Records the machine and library versions. "
-    "Exit codes: 0 success; 2 bad input (model, option, missing dependency); 3 finished but some images "
-    "were unreadable and skipped; 130 interrupted."
+    "Exit codes: 0 success; 2 bad input (model, option, missing dependency, no readable image: no report "
+    "is written); 3 finished but some images were unreadable and skipped; 130 interrupted."
 )
 
 

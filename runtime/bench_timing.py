@@ -40,11 +40,17 @@ def parse_batch_sizes(text: str | Sequence[int]) -> list[int]:
 def sample_tiles(paths: Sequence[Path], segmenter, count: int, seed: int = 0) -> tuple[np.ndarray, str]:
     """``count`` pre-processed tiles of the segmenter's layout (a ``fit`` tile fitted to the first
     readable image) from at most ``count`` images, repeated when they hold fewer; random images
-    pre-processed when none is readable; and which it was."""
+    pre-processed when none of those is readable; and which it was.
+
+    Raises:
+        FlexunetError: none of ``paths`` is readable (all of them were tried).
+    """
     info = segmenter.info
     try:
         stack, source = image_tiles(list(paths)[:count], info, count, seed, layout=segmenter.layout()), "image tiles"
     except FlexunetError:
+        if len(paths) <= count:  # every image was tried (each one named in a warning)
+            raise no_images(len(paths)) from None
         th, tw = segmenter.layout().tile or info.tile_size
         noise = np.random.default_rng(seed).integers(0, 256, size=(th, tw, 3), dtype=np.uint8)
         stack, source = info.preprocess(noise)[None].astype(np.float32), "random tiles"
@@ -80,6 +86,13 @@ def latency_sweep(backend: Backend, tiles: np.ndarray, batch_sizes: Sequence[int
         say(f"latency batch {b}: p50 {stats['p50'] * 1000:.2f} ms, p90 {stats['p90'] * 1000:.2f} ms, "
             f"p99 {stats['p99'] * 1000:.2f} ms ({rec['tiles_per_s']:.1f} tiles/s)")
     return records
+
+
+def no_images(total: int, first: str | None = None) -> FlexunetError:
+    """The error of a benchmark none of whose ``total`` images could be segmented (``first``: the
+    first one's reason)."""
+    return FlexunetError(f"none of the {total} images could be read; nothing was measured"
+                         + (f" (first: {first})" if first else ""))
 
 
 # -- end to end ----------------------------------------------------------------------------------------
@@ -123,6 +136,8 @@ def end_to_end(segmenter, paths: Sequence[Path], runs: int = 2, progress: Progre
                "stage_seconds": dict(summary.stage_seconds), "peak_rss_bytes": rss.peak,
                "rss_before_bytes": rss.start,
                "skipped": [{"path": str(p), "reason": r} for p, r in summary.skipped]}
+        if not done:  # no report of 0 slides/s
+            raise no_images(len(paths), next((item["reason"] for item in rec["skipped"]), None))
         records.append(rec)
         say(f"{label} run {k + 1}/{runs}: {done} slides, {counter.tiles} tiles in {wall:.2f} s "
             f"({rec['slides_per_s'] or 0:.3f} slides/s), peak RSS {rss.peak / 2**20:.0f} MiB")

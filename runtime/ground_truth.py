@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from flexunet.core import masks
-from flexunet.core.errors import ImageReadError
+from flexunet.core.errors import FlexunetError, ImageReadError
 from flexunet.core.imageio import IMAGE_EXTENSIONS, list_images, read_mask
 
 log = logging.getLogger("flexunet")
@@ -23,6 +23,22 @@ def masks_index(folder: str | os.PathLike) -> dict[str, Path]:
     for p in sorted(list_images(folder), key=lambda p: order.get(p.suffix.lower(), 99)):
         found.setdefault(p.stem, p)
     return found
+
+
+def truth_index(folder: str | os.PathLike, images: Sequence[Path]) -> dict[str, Path]:
+    """:func:`masks_index` of ``folder``, checked to hold a mask for at least one of ``images``.
+
+    Raises:
+        FlexunetError: the folder holds no mask named like any of the images (truth figures from
+            it would be made of nothing).
+    """
+    index = masks_index(folder)
+    if not any(p.stem in index for p in images):
+        what = f"none of its {len(index)} mask(s) is named like one of the {len(images)} image(s)" if index \
+            else "no mask images"
+        raise FlexunetError(f"{folder}: {what}; an image's mask has its name ({images[0].stem}.* for "
+                            f"{images[0].name})")
+    return index
 
 
 def truth_labels(path: Path, num_classes: int, class_colors: Sequence) -> np.ndarray:

@@ -1,11 +1,15 @@
 """``flexunet infer``: segment slides with an exported (or Keras) model, the CLI of :class:`Segmenter`.
 
 Progress goes to stderr (one rewritten line on a terminal, a line per slide otherwise); the
-per-stage timing table and the summary go to stdout at the end.
+per-stage timing table and the summary go to stdout at the end.  SIGTERM stops a run like Ctrl-C:
+the slides in flight are dropped, every file written is whole, exit 130.
 """
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import threading
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -15,11 +19,12 @@ import click
 
 from flexunet.core.console import handle_errors
 from flexunet.core.errors import EXIT_CODES_HELP, EXIT_SKIPPED, FlexunetError
-from flexunet.core.imageio import expand_inputs
+from flexunet.core.imageio import expand_inputs, max_image_pixels
 from flexunet.core.modelinfo import ModelInfo
 from flexunet.core.tiling import BLEND_MODES
 from flexunet.runtime.backends.base import BACKENDS
 from flexunet.runtime.layout import FIT, FIT_MAX_SIDE
+from flexunet.runtime.outputs import check_output_folder
 from flexunet.runtime.segmenter import ProgressEvent, RunSummary, Segmenter
 
 
@@ -103,6 +108,27 @@ def format_report(summary: RunSummary) -> str:
     return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Within this block (in the main thread), the first SIGTERM raises KeyboardInterrupt, so a run
+    stops as on Ctrl-C (exit 130) instead of dying mid-write; later ones are ignored while it stops."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+
+    def handler(signum, frame):
+        if not received:
+            received.append(signum)
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def model_default(field: str) -> str:
     """Where the default of an option read from the model's metadata comes from, for help texts:
     ``the model's, else <ModelInfo's default>`` (the value used when the metadata does not say)."""
@@ -142,28 +168,40 @@ THRESHOLD_HELP = f"Foreground threshold of a binary model [default: {model_defau
 @click.option("--config", type=click.Path(dir_okay=False, path_type=Path),
               help="Training config of a .keras model [default: the one beside it].")
 @click.option("--resume", is_flag=True,
-              help="Skip inputs whose outputs are complete (same model, options and tile).")
+              help="Skip inputs whose outputs are complete (same input content, model, options and tile); "
+                   "remove unfinished temporary files of a stopped run.")
 @handle_errors
 def infer_cmd(model, inputs, out_dir, backend, tile, overlap, batch_size, blend, whole, threshold,
               colorize, overlay, probabilities, fill_holes, min_size, threads, config, resume):
     """Segment INPUT images and folders of images with MODEL (.onnx, .keras, .engine/.plan).
 
     Writes OUT/<stem>.png (0/255, or class indices for a multiclass model) per input, plus the
-    optional colourised mask, overlay and probabilities. Unreadable images are reported and
-    skipped; every file is written under a temporary name and renamed when complete.
+    optional colourised mask, overlay and probabilities. Unreadable images, and images above
+    $FLEXUNET_MAX_IMAGE_PIXELS pixels (default: what this machine's memory can segment, at most
+    2^30), are reported and skipped; every file is written under a temporary name and renamed when
+    complete. OUT may not be an input folder or inside one. Ctrl-C or SIGTERM stop the run (exit
+    130); --resume then keeps what was complete and removes unfinished temporary files.
     """
+    with sigterm_as_interrupt():
+        _infer(model, inputs, out_dir, dict(backend=backend, tile=tile, overlap=overlap, batch_size=batch_size,
+                                            blend=blend, whole=whole, threshold=threshold, fill_holes=fill_holes,
+                                            min_size=min_size, threads=threads, config=config),
+               dict(colorize=colorize, overlay=overlay, probabilities=probabilities, resume=resume))
+
+
+def _infer(model: Path, inputs: tuple[Path, ...], out_dir: Path, options: dict, outputs: dict) -> None:
+    """``flexunet infer``: inputs and output folder checked before the model is loaded."""
+    max_image_pixels()  # a bad $FLEXUNET_MAX_IMAGE_PIXELS is an error before anything runs
     paths = expand_inputs(inputs)
+    check_output_folder(inputs, out_dir)
     if not paths:
         raise FlexunetError(f"no images in {', '.join(map(str, inputs))}")
-    with Segmenter(model, backend=backend, tile=tile, overlap=overlap, batch_size=batch_size, blend=blend,
-                   whole=whole, threshold=threshold, fill_holes=fill_holes, min_size=min_size,
-                   threads=threads, config=config) as segmenter:
+    with Segmenter(model, **options) as segmenter:
         click.echo(f"backend: {segmenter.backend.name}", err=True)
         click.echo(f"tiling: {segmenter.describe()}", err=True)
         progress = ProgressLine(len(paths), sys.stderr)
         try:
-            summary = segmenter.segment_files(paths, out_dir, colorize=colorize, overlay=overlay,
-                                              probabilities=probabilities, resume=resume, progress=progress)
+            summary = segmenter.segment_files(paths, out_dir, progress=progress, **outputs)
         finally:
             progress.close()
     click.echo(format_report(summary))

@@ -13,13 +13,14 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from flexunet.core import blending, tiling
+from flexunet.core import blending, machine, tiling
 from flexunet.core.errors import FlexunetError
 from flexunet.core.modelinfo import ModelInfo
 from flexunet.core.tiling import BLEND_MODES
 
 FIT = "fit"            # tile="fit": the tile that computes the least area for the image size
 FIT_MAX_SIDE = 1536    # largest fitted tile side (bounds activation memory)
+FLOAT32 = 4            # bytes per value of model inputs, probabilities, canvases and windows
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,36 @@ class Layout:
         return np.stack([padded[y:y + th, x:x + tw] for y, x in corners])
 
 
+def tile_memory(tile: tuple[int, int], channels: int, classes: int, batch_size: int) -> int:
+    """Bytes a tiled run needs at least for one batch of ``tile``-sized tiles (float32): the batch of
+    inputs and its probabilities, the pre-processed image they are cut from (at least a tile), the
+    stitching canvas (probability sums and weights) and the blending window (built in float64).
+    The model's own activations come on top."""
+    values = batch_size * (channels + classes) + channels + (classes + 1) + 3
+    return int(tile[0]) * int(tile[1]) * values * FLOAT32
+
+
+def check_memory(layout: Layout, info: ModelInfo, batch_size: int = 1, source: str = "--tile {}") -> None:
+    """Refuse a tiled layout whose batches cannot fit in the memory available to this process
+    (:func:`~flexunet.core.machine.available_memory`); whole-image and unfitted ``fit`` layouts
+    are not checked (their size comes with the image).
+
+    Raises:
+        FlexunetError: one line naming where the tile comes from (``source``, see
+            :func:`tile_source`), the batch size and both figures.
+    """
+    if layout.tile is None:
+        return
+    need = tile_memory(layout.tile, info.channels, info.num_classes, batch_size)
+    free = machine.available_memory()
+    if need > free:
+        tile = source.format("x".join(map(str, layout.tile)))
+        batch = "one tile" if batch_size == 1 else f"a batch of {batch_size} tiles"
+        raise FlexunetError(
+            f"{tile} needs about {need / 2**30:.1f} GiB for {batch} (inputs, probabilities, stitching "
+            f"canvas; float32) but {free / 2**30:.1f} GiB is available; use a smaller --tile or --batch-size")
+
+
 def size_pair(value, what: str) -> tuple[int, int]:
     """``512`` or ``(512, 768)`` -> ``(h, w)`` of positive ints.
 
@@ -112,9 +143,17 @@ def _tile(info: ModelInfo, tile, fixed_size: tuple[int, int] | None) -> tuple[in
     return _round_up(th, info.multiple), _round_up(tw, info.multiple)
 
 
+def tile_source(tile, fixed_size) -> str:
+    """Where a layout's tile comes from (the ``tile`` option given or None, the model's fixed input
+    size or None), as :func:`check_memory` names it: a format string with ``{}`` for the tile."""
+    if fixed_size is not None:
+        return "the model's fixed input size {}"
+    return "--tile {}" if tile is not None else "the model's tile {} (metadata key 'tile')"
+
+
 def resolve_layout(info: ModelInfo, tile=None, overlap: int | None = None, blend: str | None = None, *,
                    whole: bool = False, fixed_size: tuple[int, int] | None = None,
-                   image_size: tuple[int, int] | None = None) -> Layout:
+                   image_size: tuple[int, int] | None = None, batch_size: int = 1) -> Layout:
     """The layout of a run, from the options given (None: not given), then the model, then defaults.
 
     Args:
@@ -132,9 +171,11 @@ def resolve_layout(info: ModelInfo, tile=None, overlap: int | None = None, blend
             tile such a model takes.
         image_size: ``(h, w)`` of the image a ``fit`` tile is chosen for; without it a ``fit``
             layout is returned (``layout.fit``: call :meth:`Layout.fitted` per run).
+        batch_size: tiles per batch, for the memory check (:func:`check_memory`).
 
     Raises:
-        FlexunetError: options the model does not allow, or out of range.
+        FlexunetError: options the model does not allow, out of range, or tile batches that
+            cannot fit in the memory available.
     """
     blend = blend or info.blend
     if blend not in BLEND_MODES:
@@ -151,4 +192,6 @@ def resolve_layout(info: ModelInfo, tile=None, overlap: int | None = None, blend
     elif not 0 <= overlap < side:
         raise FlexunetError(f"overlap must be at least 0 and smaller than the tile, got {overlap}")
     layout = Layout(size, int(overlap), blend, info.multiple, fit=size is None)
-    return layout.fitted(*image_size) if image_size is not None else layout
+    layout = layout.fitted(*image_size) if image_size is not None else layout
+    check_memory(layout, info, batch_size, tile_source(tile, fixed_size))
+    return layout

@@ -30,7 +30,8 @@ from flexunet.core.errors import EXIT_FAILED, EXIT_OK, EXIT_SKIPPED, FlexunetErr
 from flexunet.core.imageio import expand_inputs, read_image
 from flexunet.runtime.backends.base import BACKENDS
 from flexunet.runtime.disagreement_figure import figure_row, label_colors
-from flexunet.runtime.ground_truth import masks_index, read_truth
+from flexunet.runtime.ground_truth import read_truth, truth_index
+from flexunet.runtime.layout import check_memory, tile_source
 
 
 # -- tolerances and verdicts -----------------------------------------------------------------------
@@ -168,6 +169,10 @@ def _open_models(ref_spec: ModelSpec, specs: Sequence[ModelSpec], config, opened
     layout = ref.layout()
     if layout.tile is None:
         raise FlexunetError("parity compares tiled inference; the reference has no tile size")
+    try:
+        check_memory(layout, ref.info, ref.batch_size, tile_source(tile, ref.backend.fixed_size))
+    except FlexunetError as exc:
+        raise FlexunetError(f"{ref_spec.path}: {exc}") from None
     for spec in specs:
         try:
             seg = _open(spec, config, tile=layout.tile, overlap=layout.overlap, blend=layout.blend, **common)
@@ -190,7 +195,8 @@ def run_parity(reference: ModelSpec | str, candidates: Sequence[ModelSpec | str]
     Args:
         reference, candidates: model files (:class:`ModelSpec` or ``PATH[@BACKEND]``).
         images: image files and folders.
-        masks_dir: ground-truth masks named like the images (any image extension).
+        masks_dir: ground-truth masks named like the images (any image extension); when none
+            of the images' masks can be scored, the truth figures are None ("n/a"), never 1.0.
         tile, overlap, blend: the tiling for every model (default: the reference's).
         batch_size, threshold, threads, config: as for :class:`~flexunet.runtime.segmenter.Segmenter`
             (``config`` goes to ``.keras`` models only).
@@ -200,8 +206,9 @@ def run_parity(reference: ModelSpec | str, candidates: Sequence[ModelSpec | str]
         progress: called with one line per image.
 
     Raises:
-        FlexunetError: no images, a model that cannot be loaded or run with this tiling, models
-            that disagree on the number of classes, or no image could be read.
+        FlexunetError: no images, a ``masks_dir`` with no mask named like any of them, a model
+            that cannot be loaded or run with this tiling (or whose tile batches cannot fit in
+            memory), models that disagree on the number of classes, or no image could be read.
     """
     ref_spec = reference if isinstance(reference, ModelSpec) else ModelSpec.parse(reference)
     specs = [c if isinstance(c, ModelSpec) else ModelSpec.parse(c) for c in candidates]
@@ -214,6 +221,7 @@ def run_parity(reference: ModelSpec | str, candidates: Sequence[ModelSpec | str]
     paths = expand_inputs(images)
     if not paths:
         raise FlexunetError(f"no images in {', '.join(map(str, images))}")
+    truth = truth_index(masks_dir, paths) if masks_dir is not None else None
 
     start = time.perf_counter()
     segs: list = []
@@ -222,8 +230,7 @@ def run_parity(reference: ModelSpec | str, candidates: Sequence[ModelSpec | str]
                      threshold=threshold, threads=threads)
         run = _Comparer(ref_spec, segs[0], specs, segs[1:],
                         lambda precision: tolerance_for(precision, overall, by_precision, max_abs_diff, per_image),
-                        masks_index(masks_dir) if masks_dir is not None else None,
-                        progress or (lambda line: None))
+                        truth, progress or (lambda line: None))
         return run.compare(paths, masks_dir, start)
     finally:
         for seg in segs:
@@ -267,6 +274,10 @@ class _Comparer:
             self.say(f"{prefix}: " + "; ".join(notes))
         if not records:
             raise FlexunetError(f"none of the {len(paths)} images could be read; nothing was compared")
+        if self.truth_index is not None and len(self.truth_missing) == len(records):
+            self.ref_truth = None  # no image was scored against the truth: no truth figure (n/a)
+            for r in self.results:
+                r.truth = None
         for r in self.results:
             r.failures = r.tolerance.failures(Comparison(r.pooled, r.diff), r.worst["dice"])
         lay = ref.layout()

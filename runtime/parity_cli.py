@@ -26,7 +26,8 @@ EPILOG = (
     "Dice/IoU conventions: both masks empty -> 1.0, one empty -> 0.0; multiclass models are scored on "
     "the mean over foreground classes. "
     "Exit codes: 0 every candidate passes; 1 a candidate fails (takes precedence over 3); "
-    "2 bad input (model, option, no readable image); 3 all pass but some images were unreadable "
+    "2 bad input (model, option, no readable image, a --masks folder with no mask named like an image); "
+    "3 all pass but some images were unreadable "
     "and skipped; 130 interrupted."
 )
 
@@ -39,7 +40,8 @@ EPILOG = (
               help="A model to compare with the reference (repeat for several). MODEL@BACKEND picks "
                    "the backend, e.g. model.onnx@onnxruntime-cpu.")
 @click.option("--masks", "masks_dir", type=click.Path(file_okay=False, exists=True, path_type=Path),
-              help="Ground-truth masks named like the images: adds each model's dice against the truth.")
+              help="Ground-truth masks named like the images: adds each model's dice against the truth "
+                   "(n/a when no mask could be scored).")
 @click.option("-o", "--report-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("parity_report"),
               show_default=True, help="Folder for parity.json, parity.md and worst.png.")
 @click.option("--min-dice", multiple=True, metavar="DICE|PRECISION=DICE",
@@ -79,11 +81,14 @@ def parity_cmd(images, reference, candidates, masks_dir, report_dir, min_dice, m
 
 def _summary(report) -> str:
     lines = []
-    if report.reference_truth is not None:
-        lines.append(f"reference {report.reference.label}: dice vs truth {report.reference_truth.dice:.6f}")
+    scored = report.reference_truth is not None
+    if report.masks_dir is not None:
+        ref_truth = f"{report.reference_truth.dice:.6f}" if scored else "n/a (no ground-truth mask could be scored)"
+        lines.append(f"reference {report.reference.label}: dice vs truth {ref_truth}")
     for c in report.candidates:
         s = candidate_summary(c)["overall"]
-        truth = f", dice vs truth {s['dice_vs_truth']:.6f}" if s["dice_vs_truth"] is not None else ""
+        truth = "" if report.masks_dir is None else \
+            f", dice vs truth {s['dice_vs_truth']:.6f}" if scored else ", dice vs truth n/a"
         verdict = "PASS" if c.passed else "FAIL (" + "; ".join(c.failures) + ")"
         lines.append(f"{c.spec.label} [{c.precision}]: dice vs reference {s['dice']:.6f} "
                      f"(min {c.tolerance.min_dice}), IoU {s['iou']:.6f}, worst {s['worst_image']} "

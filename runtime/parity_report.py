@@ -64,12 +64,13 @@ def report_dict(report: ParityReport) -> dict:
     }
 
 
-def _fmt(value: float | None) -> str:
-    return "—" if value is None else f"{value:.6f}"
+def _fmt(value: float | None, missing: str = "—") -> str:
+    return missing if value is None else f"{value:.6f}"
 
 
 def _overall_table(report: ParityReport) -> list[str]:
-    ref_truth = _fmt(report.reference_truth.dice if report.reference_truth else None)
+    na = "—" if report.masks_dir is None else "n/a"  # no masks asked for / none could be scored
+    ref_truth = _fmt(report.reference_truth.dice if report.reference_truth else None, na)
     lines = [
         "| model | precision | pooled dice vs ref | IoU vs ref | worst image (dice) | max \\|Δp\\| | "
         "mean \\|Δp\\| | flipped % | dice vs truth | min dice | verdict |",
@@ -83,7 +84,7 @@ def _overall_table(report: ParityReport) -> list[str]:
         lines.append(
             f"| `{c.spec.label}` | {c.precision} | {_fmt(s['dice'])} | {_fmt(s['iou'])} | {worst} | "
             f"{s['max_abs_diff']:.3g} | {s['mean_abs_diff']:.3g} | {100 * s['flipped_fraction']:.4f} | "
-            f"{_fmt(s['dice_vs_truth'])} | {c.tolerance.min_dice} | "
+            f"{_fmt(s['dice_vs_truth'], na)} | {c.tolerance.min_dice} | "
             f"{'**pass**' if c.passed else '**FAIL**'} |")
     return lines
 

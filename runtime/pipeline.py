@@ -24,10 +24,12 @@ waiting for tiles that only a new slide can give (small slides).  At most
 ``batch_size`` tiles or more, and batches are always full except the last one (and where the tile
 shape changes, in whole-image mode).
 
-Stopping: an unreadable image (:class:`~flexunet.core.errors.ImageReadError`) is recorded as
-skipped and the run goes on.  Any other exception in a stage sets a shared stop event; every thread
-notices it within :data:`POLL` seconds (every wait on a queue or for admission times out), a running
-``predict`` is interrupted, the threads are joined (for at most :data:`JOIN_TIMEOUT` seconds) and
+Stopping: an unreadable image (:class:`~flexunet.core.errors.ImageReadError`), one too large
+for the memory while it is pre-processed and cut, and an :class:`InputSkipped` raised by ``read``
+or ``write`` (an output name the file system refuses) are recorded as skipped and the run goes
+on.  Any other exception in a stage sets a shared stop event; every thread notices it within
+:data:`POLL` seconds (every wait on a queue or for admission times out), a running ``predict`` is
+interrupted, the threads are joined (for at most :data:`JOIN_TIMEOUT` seconds) and
 :meth:`Pipeline.run` re-raises it.  A ``KeyboardInterrupt`` in the calling thread stops the run the
 same way and is re-raised.  Outputs are written atomically by the ``write`` callable, so a stopped
 run leaves no partial file.
@@ -45,7 +47,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from flexunet.core.errors import ImageReadError
+from flexunet.core.errors import FlexunetError, ImageReadError
 from flexunet.runtime.admission import Admission
 from flexunet.runtime.backends.base import Backend
 from flexunet.runtime.layout import Layout
@@ -60,6 +62,13 @@ POLL = 0.1           # seconds between checks of the stop event while waiting
 JOIN_TIMEOUT: float | None = 2.0  # seconds to wait for the threads when stopping (None: no limit)
 RESULT_QUEUE = 4     # predicted batches waiting for the stitcher
 OUTPUT_QUEUE = 2     # finished slides waiting for the writer
+
+
+class InputSkipped(FlexunetError):
+    """One input cannot be processed (its message names it); the run goes on without it."""
+
+
+_SKIPPED = (ImageReadError, InputSkipped)  # errors of one input, not of the run
 
 
 @dataclass(frozen=True)
@@ -136,7 +145,8 @@ class Pipeline:
         read: ``path -> image`` (decode; raises ImageReadError for unreadable files).
         prepare: ``image -> float32 HxWxC model input`` (pre-processing).
         finish: ``(task, image, probabilities) -> product`` (labels and derived images).
-        write: ``(task, product) -> None`` (writes the outputs atomically).
+        write: ``(task, product) -> None`` (writes the outputs atomically; raises InputSkipped
+            to skip that input).
         batch_size: tiles per ``predict`` call.
         max_in_flight: slides read but not yet written, at most (>= 1; slides smaller than a batch
             may exceed it up to ``batch_size``, see :class:`~flexunet.runtime.admission.Admission`).
@@ -185,7 +195,7 @@ class Pipeline:
 
         Raises:
             KeyboardInterrupt: after stopping every thread, when interrupted.
-            Exception: the first error a stage raised (other than ImageReadError), after
+            Exception: the first error a stage raised (other than those of one input), after
                 stopping every thread.
         """
         if self._started:
@@ -291,17 +301,25 @@ class Pipeline:
                 break
             self._admission.start(self._check)
             try:
-                with self.timer("decode"):
-                    image = self._read(task.path)
-            except ImageReadError as exc:
+                slide = self._read_slide(task)
+            except _SKIPPED as exc:
                 self._report(task, "skipped", str(exc))
                 self._admission.dropped()
                 continue
-            with self.timer("preprocess"):
-                slide = _Slide(task, image, self._prepare(image), self._layout)
             self._admission.read(len(slide))
             self._put(self._jobs, slide)
         self._put(self._jobs, _END)
+
+    def _read_slide(self, task: SlideTask) -> _Slide:
+        """Decode, pre-process and cut one input (InputSkipped when it does not fit in memory)."""
+        with self.timer("decode"):
+            image = self._read(task.path)
+        try:
+            with self.timer("preprocess"):
+                return _Slide(task, image, self._prepare(image), self._layout)
+        except MemoryError:
+            raise InputSkipped(f"{task.path}: not enough memory for a {image.shape[1]}x{image.shape[0]} "
+                               "image") from None
 
     def _incoming(self) -> Iterator[_Slide]:
         """The slides the readers cut, as they come, until every reader has finished."""
@@ -340,8 +358,12 @@ class Pipeline:
 
     def _write_loop(self) -> None:
         for task, product in self._drain(self._outputs):
-            with self.timer("write"):
-                self._write(task, product)
-            self._report(task, "done")
+            try:
+                with self.timer("write"):
+                    self._write(task, product)
+            except InputSkipped as exc:
+                self._report(task, "skipped", str(exc))
+            else:
+                self._report(task, "done")
             self._admission.written()
         self._wake.set()

@@ -16,6 +16,7 @@ not change after it is made.  The files of ``segment_folder`` are described in
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import threading
 from dataclasses import dataclass, replace
@@ -31,7 +32,8 @@ from flexunet.core.modelinfo import ModelInfo
 from flexunet.runtime import postprocess
 from flexunet.runtime.backends import Backend, as_backend, load_backend
 from flexunet.runtime.layout import FIT, FIT_MAX_SIDE, Layout, resolve_layout
-from flexunet.runtime.outputs import RECORD_DIR, Outputs, model_digest, output_names, producer
+from flexunet.runtime.outputs import (RECORD_DIR, Outputs, check_output_folder, model_digest, output_names,
+                                      producer)
 from flexunet.runtime.pipeline import Pipeline, SlideTask
 from flexunet.runtime.segment import predict_image
 
@@ -81,7 +83,8 @@ class RunSummary:
 
     Attributes:
         done: inputs segmented and written, in input order.
-        skipped: ``(input, reason)`` for unreadable or corrupt inputs.
+        skipped: ``(input, reason)`` for inputs that could not be read or decoded (or were too
+            large), or whose outputs could not be written under their names.
         resumed: inputs left alone because their outputs were complete (``resume``).
         stage_seconds: busy seconds per pipeline stage (stages overlap, so they may add up to more
             than the wall time).
@@ -132,10 +135,12 @@ class _Progress:
 
 class _Handover:
     """The pipeline's reader: hands over, once, the image the run already decoded to fit its tile,
-    and decodes every other input (with ``read_image`` as this module has it at the time)."""
+    and decodes every other input (with ``read_image`` as this module has it at the time); keeps
+    the SHA-256 of the bytes decoded for each input until its record is written (:meth:`digest`)."""
 
-    def __init__(self, path: Path | None, image: np.ndarray | None):
+    def __init__(self, path: Path | None, image: np.ndarray | None, digest: str | None):
         self._path, self._image = path, image
+        self._digests: dict[Path, str] = {path: digest} if path is not None and digest else {}
         self._lock = threading.Lock()
 
     def __call__(self, path: Path) -> np.ndarray:
@@ -143,7 +148,19 @@ class _Handover:
             if self._image is not None and path == self._path:
                 image, self._image = self._image, None
                 return image
-        return read_image(path)
+        digest = hashlib.sha256()
+        image = read_image(path, digest=digest)
+        with self._lock:
+            self._digests[path] = digest.hexdigest()
+        return image
+
+    def digest(self, path: Path) -> str | None:
+        """The SHA-256 of the bytes decoded for ``path`` (once; None if it was not read here)."""
+        with self._lock:
+            return self._digests.pop(path, None)
+
+
+_Decoded = tuple[Path | None, np.ndarray | None, str | None]  # an input decoded ahead: path, image, SHA-256
 
 
 def _from_layout(name: str, doc: str) -> property:
@@ -293,16 +310,19 @@ class Segmenter:
 
         Decoding, inference, blending and writing run concurrently (:mod:`flexunet.runtime.pipeline`);
         tiles of consecutive slides share batches.  Unreadable images are skipped and listed in the
-        summary.  With ``resume``, inputs whose outputs are complete and were made by this model
-        with these options (and the same tile) are not processed again.  With ``tile="fit"`` the
+        summary.  With ``resume``, inputs whose outputs are complete and were made from the same
+        content (SHA-256) by this model with these options (and the same tile) are not processed
+        again, and temporary files a stopped run left in ``out_dir`` are removed.  With ``tile="fit"`` the
         tile is fitted to the first readable input and used for the whole run.  ``progress`` is
         called once per input.
 
         Raises:
-            FlexunetError: the output folder cannot be written, or an output would replace an input.
+            FlexunetError: an input path is missing or not a file or folder, the output folder is
+                (inside) an input folder or cannot be written, or an output would replace an input.
             KeyboardInterrupt: after stopping every thread; outputs written so far are complete.
         """
         items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+        check_output_folder(items, out_dir)
         return self.segment_files(expand_inputs(items), out_dir, colorize=colorize, overlay=overlay,
                                   probabilities=probabilities, resume=resume, progress=progress)
 
@@ -322,6 +342,8 @@ class Segmenter:
             outputs.out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise FlexunetError(f"{outputs.out_dir}: cannot create the output folder ({exc.strerror or exc})") from None
+        if resume:
+            outputs.remove_stale()
         report = _Progress(len(tasks), progress)
         todo, resumed = [], []
         for task in tasks:
@@ -330,10 +352,11 @@ class Segmenter:
                 report("resumed", task)
             else:
                 todo.append(task)
-        handover = _Handover(*first) if first[0] in {t.path for t in todo} else _Handover(None, None)
+        handover = _Handover(*first) if first[0] in {t.path for t in todo} else _Handover(None, None, None)
         pipeline = Pipeline(
             self.backend, layout, read=handover, prepare=self.info.preprocess,
-            finish=lambda task, image, probs: self._finish(image, probs), write=outputs.write,
+            finish=lambda task, image, probs: self._finish(image, probs),
+            write=lambda task, product: outputs.write(task, product, handover.digest(task.path)),
             batch_size=self.batch_size, max_in_flight=self.max_in_flight, readers=self.readers,
             on_slide=report,
         )
@@ -341,22 +364,23 @@ class Segmenter:
         return RunSummary(done=result.done, skipped=result.skipped, resumed=resumed,
                           stage_seconds=result.stage_seconds, wall_seconds=result.wall_seconds)
 
-    def _run_layout(self, tasks: Sequence[SlideTask]) -> tuple[Layout, tuple[Path | None, np.ndarray | None]]:
-        """The layout of a folder run, and ``(path, image)`` of the input decoded to choose it.
+    def _run_layout(self, tasks: Sequence[SlideTask]) -> tuple[Layout, _Decoded]:
+        """The layout of a folder run, and ``(path, image, sha256)`` of the input decoded to choose it.
 
         With ``tile="fit"`` one tile serves the whole run: the one fitted to the first readable
         input (the model's tile size when none is readable).  That image is decoded once, here, and
-        handed to the pipeline.  Other layouts decode nothing: ``(None, None)``.
+        handed to the pipeline.  Other layouts decode nothing: ``(None, None, None)``.
         """
         if not self.fit:
-            return self._layout, (None, None)
+            return self._layout, (None, None, None)
         for task in tasks:
+            digest = hashlib.sha256()
             try:
-                image = read_image(task.path)
+                image = read_image(task.path, digest=digest)
             except ImageReadError:
                 continue
-            return self.layout(image.shape[:2]), (task.path, image)
-        return self.layout(self.info.tile_size), (None, None)
+            return self.layout(image.shape[:2]), (task.path, image, digest.hexdigest())
+        return self.layout(self.info.tile_size), (None, None, None)
 
     # -- lifetime ----------------------------------------------------------------------------------------
     def close(self) -> None:

@@ -15,6 +15,9 @@ from seed_configs import (  # noqa: F401  (capture_flexunet_warnings: autouse fi
     SEED_CONFIG, SMALL_MODEL, capture_flexunet_warnings, flexunet_warnings, write,
 )
 
+# Appended to configs about other sections: a config must describe its network (line numbers kept).
+A_MODEL = "[model]\nnum_layers = 3\n"
+
 
 # ---------------------------------------------------------------------------------------------
 # broken values: one warning (file, line, section, key), default used, listed in Config.warnings
@@ -208,7 +211,7 @@ def test_inline_comment_stripper_respects_escaped_quotes(tmp_path):
 
 
 def test_hash_comment_after_symbolic_name(tmp_path):
-    path = write(tmp_path, "[image]\ncolor_converter = cv2.COLOR_BGR2HSV  # hsv\n", dedent=False)
+    path = write(tmp_path, "[image]\ncolor_converter = cv2.COLOR_BGR2HSV  # hsv\n" + A_MODEL, dedent=False)
     assert load_config(path).image.color_converter == "COLOR_BGR2HSV"
 
 
@@ -254,7 +257,7 @@ def test_multiline_values(tmp_path, caplog):
                                    "'cv2.COLOR_BGR2HSV_FULL'", "cv2.COLOR_BGR2HSV_FULL ; comment",
                                    '"COLOR_BGR2HSV_FULL"'])
 def test_color_converter_symbol(tmp_path, caplog, value):
-    path = write(tmp_path, f"[image]\ncolor_converter = {value}\n", dedent=False)
+    path = write(tmp_path, f"[image]\ncolor_converter = {value}\n" + A_MODEL, dedent=False)
     cfg = load_config(path)
     assert cfg.image.color_converter == "COLOR_BGR2HSV_FULL"
     assert flexunet_warnings(caplog) == []
@@ -265,13 +268,13 @@ def test_color_converter_symbol(tmp_path, caplog, value):
     ("cv2.INTER_NEAREST", "INTER_NEAREST"), ('"cv2.INTER_AREA"', "INTER_AREA"),
 ])
 def test_resize_interpolation_symbol(tmp_path, value, expected):
-    path = write(tmp_path, f"[dataset]\nresize_interpolation = {value}\n", dedent=False)
+    path = write(tmp_path, f"[dataset]\nresize_interpolation = {value}\n" + A_MODEL, dedent=False)
     assert load_config(path).dataset.resize_interpolation == expected
 
 
 def test_color_converter_none_and_default(tmp_path):
-    assert load_config(write(tmp_path / "a", "[image]\ncolor_converter = None\n")).image.color_converter is None
-    assert load_config(write(tmp_path / "b", "[image]\ngamma = 0\n")).image.color_converter is None
+    assert load_config(write(tmp_path / "a", "[image]\ncolor_converter = None\n" + A_MODEL)).image.color_converter is None
+    assert load_config(write(tmp_path / "b", "[image]\ngamma = 0\n" + A_MODEL)).image.color_converter is None
 
 
 @pytest.mark.parametrize("section, key, template, attr, default", [
@@ -288,7 +291,7 @@ def test_color_converter_none_and_default(tmp_path):
 ])
 def test_expressions_are_never_executed(tmp_path, caplog, section, key, template, attr, default):
     marker = tmp_path / "pwned"
-    path = write(tmp_path / "cfg", f"[{section}]\n{key} = {template.format(m=marker)}\n", dedent=False)
+    path = write(tmp_path / "cfg", f"[{section}]\n{key} = {template.format(m=marker)}\n" + A_MODEL, dedent=False)
     cfg = load_config(path)
     assert not marker.exists()
     assert getattr(getattr(cfg, section), attr) == default
@@ -300,13 +303,13 @@ def test_unused_key_expression_is_never_executed(tmp_path, caplog):
     marker = tmp_path / "pwned"
     path = write(tmp_path / "cfg",
                  f"[generator]\nshears = __import__('pathlib').Path(r'{marker}').touch()\n"
-                 f"[whatever]\nx = __import__('os').system('touch {marker}')\n", dedent=False)
+                 f"[whatever]\nx = __import__('os').system('touch {marker}')\n" + A_MODEL, dedent=False)
     load_config(path)
     assert not marker.exists()
 
 
 def test_power_expression_is_not_computed(tmp_path, caplog):
-    path = write(tmp_path, "[train]\nepochs = 2**10\nbatch_size = 2*4\n", dedent=False)
+    path = write(tmp_path, "[train]\nepochs = 2**10\nbatch_size = 2*4\n" + A_MODEL, dedent=False)
     cfg = load_config(path)
     assert cfg.train.epochs == 100 and cfg.train.batch_size == 4
     msgs = flexunet_warnings(caplog)
@@ -316,7 +319,7 @@ def test_power_expression_is_not_computed(tmp_path, caplog):
 
 def test_pathological_literals_do_not_crash(tmp_path, caplog):
     path = write(tmp_path, "[train]\nepochs = " + "(" * 300 + "1" + ")" * 300 + "\n"
-                 "batch_size = " + "9" * 5000 + "\n", dedent=False)
+                 "batch_size = " + "9" * 5000 + "\n" + A_MODEL, dedent=False)
     cfg = load_config(path)
     assert cfg.train.epochs == 100 and cfg.train.batch_size == 4
     assert len(flexunet_warnings(caplog)) == 2

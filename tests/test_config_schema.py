@@ -148,7 +148,9 @@ def test_types_of_parsed_values(tmp_path):
 
 
 def test_defaults_when_keys_are_absent(tmp_path):
-    for text in ("", "; only a comment\n", "[model]\n", "[unknown]\nx = 1\n"):
+    """Every key a config leaves out takes its default (a config must still describe its network:
+    an empty one, or one without [model], is refused; see test_faults_config)."""
+    for text in ('[model]\nmodel = "TensorflowUNet"\n', '[unknown]\nx = 1\n[model]\n; the seed model\nseed = 137\n'):
         cfg = load_config(write(tmp_path / str(abs(hash(text))), text, dedent=False))
         m = cfg.model
         assert (m.model, m.generator, m.image_width, m.image_height, m.image_channels) == \
@@ -173,10 +175,10 @@ def test_defaults_when_keys_are_absent(tmp_path):
 
 
 def test_default_lists_are_not_shared(tmp_path):
-    a = load_config(write(tmp_path / "a", "[model]\n"))
+    a = load_config(write(tmp_path / "a", "[model]\nnum_layers = 6\n"))
     a.model.metrics.append("x")
     a.generator.angles.clear()
-    b = load_config(write(tmp_path / "b", "[model]\n"))
+    b = load_config(write(tmp_path / "b", "[model]\nnum_layers = 6\n"))
     assert b.model.metrics == ["dice_coef"]
     assert b.generator.angles == [90.0, 180.0, 270.0]
 
@@ -189,15 +191,15 @@ def test_train_seed_overrides_model_seed(tmp_path):
 
 
 def test_class_colors_and_names_binary(tmp_path):
-    cfg = load_config(write(tmp_path, '[segmentation]\nblack = "black"\nwhite = "green"\n'))
+    cfg = load_config(write(tmp_path, SMALL_MODEL + '[segmentation]\nblack = "black"\nwhite = "green"\n'))
     assert class_colors(cfg) == [(0, 0, 0), (0, 255, 0)]
     assert class_names(cfg) == ["background", "foreground"]
-    cfg = load_config(write(tmp_path / "b", '[segmentation]\nblack = (1, 2, 3)\nwhite = "#FF8000"\n'))
+    cfg = load_config(write(tmp_path / "b", SMALL_MODEL + '[segmentation]\nblack = (1, 2, 3)\nwhite = "#FF8000"\n'))
     assert class_colors(cfg) == [(1, 2, 3), (255, 128, 0)]
 
 
 def test_binary_class_names_match_class_colors(tmp_path):
-    cfg = load_config(write(tmp_path, '[mask]\nclass_names = ["background", "nucleus"]\n'))
+    cfg = load_config(write(tmp_path, SMALL_MODEL + '[mask]\nclass_names = ["background", "nucleus"]\n'))
     assert class_names(cfg) == ["background", "nucleus"]
     assert len(class_names(cfg)) == len(class_colors(cfg))
 

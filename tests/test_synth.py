@@ -52,7 +52,10 @@ def test_synth_command_writes_and_reports_the_counts(tmp_path):
     result = CliRunner().invoke(cli, ["synth", str(out), "--kind", "multiclass", "--train", "2",
                                       "--valid", "1", "--test", "1", "--size", "32", "--seed", "4"])
     assert result.exit_code == 0, (result.output, result.exception)
-    assert result.stdout.strip() == f"wrote multiclass dataset to {out} (seed 4): train 2, valid 1, test 1, mini_test 4"
+    first, files = result.stdout.strip().splitlines()
+    assert first == f"wrote multiclass dataset to {out} (seed 4): train 2, valid 1, test 1, mini_test 4"
+    assert files.startswith("files: 16 new, 0 replaced, 0 already identical, 0 removed") and \
+        files.endswith(f"record {out / synth.RECORD_NAME}")
     assert sorted(p.name for p in (out / "train" / "masks").iterdir()) == ["0000.png", "0001.png"]
     again = make_dataset(tmp_path / "api", kind="multiclass", n_train=2, n_valid=1, n_test=1, size=32, seed=4)
     assert again["counts"] == {"train": 2, "valid": 1, "test": 1, "mini_test": 4}
@@ -179,8 +182,11 @@ def test_make_dataset_layout(tmp_path):
         assert set(np.unique(mask).tolist()) <= {0, 255}
     assert calls[-1] == (16, 16) and [d for d, _ in calls] == list(range(1, 17))
     assert summary["kind"] == "tiles"
-    # no temporary files left behind by the atomic writer
-    assert not [p for p in out.rglob("*") if p.is_file() and p.suffix != ".png"]
+    # no temporary files left behind by the atomic writer; the record lists every file written
+    assert [p.name for p in out.rglob("*") if p.is_file() and p.suffix != ".png"] == [synth.RECORD_NAME]
+    record = json.loads((out / synth.RECORD_NAME).read_text())
+    assert sorted(record["files"]) == sorted(str(p.relative_to(out)) for p in out.rglob("*.png"))
+    assert summary["files"] == {"new": 16, "replaced": 0, "identical": 0, "removed": 0, "left": 0}
 
     # same seed -> byte-identical files; splits differ from one another
     again = tmp_path / "again"
@@ -220,7 +226,8 @@ def test_default_counts_and_sizes_written(tmp_path, monkeypatch, kind, size, cou
         return np.zeros((height, width, 3), np.uint8), np.zeros((height, width), np.uint8)
 
     monkeypatch.setattr(synth, "render_sample", blank)
-    monkeypatch.setattr(synth, "write_image", lambda path, image: None)
+    monkeypatch.setattr(synth, "encode_image", lambda path, image: b"")
+    monkeypatch.setattr(synth, "write_bytes", lambda path, data: path)
     summary = make_dataset(tmp_path / kind, kind=kind)
     assert summary["counts"] == counts
     for split, n in counts.items():

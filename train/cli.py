@@ -45,27 +45,40 @@ def _progress_printer(label: str):
 @click.option("--seed", type=int, default=0, show_default=True)
 @handle_errors
 def synth_cmd(out, kind, n_train, n_valid, n_test, size, seed):
-    """Make synthetic stained-cell images with exact masks under OUT/{train,valid,test,mini_test}."""
-    from flexunet.train.synth import make_dataset
+    """Make synthetic stained-cell images with exact masks under OUT/{train,valid,test,mini_test}.
+
+    OUT must be new or empty, or made by synth (it holds flexunet-synth.json, the list of the files
+    synth wrote there); only those files are replaced or removed, nothing else is touched.
+    """
+    from flexunet.train.synth import RECORD_NAME, make_dataset
 
     counts = {k: v for k, v in (("n_train", n_train), ("n_valid", n_valid), ("n_test", n_test)) if v}
     summary = make_dataset(out, kind=kind, size=size, seed=seed, progress=_progress_printer("synth"),
                            **counts)
     click.echo(f"wrote {kind} dataset to {out} (seed {summary['seed']}): " + ", ".join(
         f"{split} {n}" for split, n in summary["counts"].items()))
+    files = summary["files"]
+    click.echo(f"files: {files['new']} new, {files['replaced']} replaced, {files['identical']} already "
+               f"identical, {files['removed']} removed (left by its earlier run), {files['left']} not "
+               f"its own left untouched; record {Path(out) / RECORD_NAME}")
 
 
 @click.command("summary")
 @CONFIG_ARG
 @handle_errors
 def summary_cmd(config):
-    """Print the UNet a CONFIG describes (layer table) and its parameter count."""
+    """Print the UNet a CONFIG describes (layer table), the memory training it needs, and its
+    parameter count. A model whose weights exceed this machine's memory is refused before it is built."""
+    from flexunet.train.memory import check_build_memory, describe
+
     cfg = load_config(config)
+    estimate = check_build_memory(cfg)  # before building: a model too large is refused in one line
     import_tensorflow_quietly()
     from flexunet.train.trainer import build_model
 
     model = build_model(cfg)
     model.summary(print_fn=lambda line, **_: click.echo(line), line_length=110)
+    click.echo(describe(estimate, cfg))
     click.echo(f"parameters: {model.count_params()}")
 
 
@@ -78,9 +91,13 @@ def train_cmd(config, data_root, epochs):
     """Train the UNet described by CONFIG (a seed-format train_eval_infer.config).
 
     Writes <model_dir>/best_model.keras, <eval_dir>/train_metrics.csv, train_losses.csv and their
-    PNG plots. Ctrl-C stops cleanly and keeps the best model.
+    PNG plots. Ctrl-C stops cleanly and keeps the best model. A model that cannot be trained in this
+    machine's memory (see `flexunet summary`) is refused before anything is written.
     """
+    from flexunet.train.memory import check_training_memory
+
     cfg = load_config(config, data_root=data_root)
+    check_training_memory(cfg)  # before TensorFlow is imported: refused in a second, not a minute
     import_tensorflow_quietly()
     from flexunet.train.trainer import train
 

@@ -11,6 +11,8 @@ compiled with them reloads with ``keras.models.load_model`` without ``custom_obj
 import keras
 from keras import ops
 
+from flexunet.core.config_reader import brief
+
 __all__ = [
     "EPSILON",
     "binary_crossentropy", "categorical_crossentropy",
@@ -155,7 +157,7 @@ def get_loss(name):
     try:
         return LOSSES[name]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown loss {name!r}; known: {', '.join(sorted(LOSSES))}") from None
+        raise ValueError(f"unknown loss {brief(name)}; known: {', '.join(sorted(LOSSES))}") from None
 
 
 def get_metrics(names):
@@ -172,5 +174,5 @@ def get_metrics(names):
             metrics.append(METRICS[name])
         except (KeyError, TypeError):
             raise ValueError(
-                f"unknown metric {name!r}; known: {', '.join(sorted(METRICS))}") from None
+                f"unknown metric {brief(name)}; known: {', '.join(sorted(METRICS))}") from None
     return metrics

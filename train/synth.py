@@ -26,20 +26,24 @@ Kinds:
 """
 from __future__ import annotations
 
+import hashlib
 import os
-import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from flexunet.core.atomic import write_bytes
 from flexunet.core.errors import FlexunetError
-from flexunet.core.imageio import write_image
+from flexunet.core.imageio import encode_image, read_image, read_mask
+from flexunet.core.machine import sha256_file
+from flexunet.train.synth_record import RECORD_NAME, Claim, claim_folder, remove_own, write_record
 from flexunet.train.synth_render import render_sample
 from flexunet.train.synth_scene import CLASS_COLORS_BGR, CLASS_COLORS_RGB, CLASS_NAMES, KINDS, check_kind
 
 __all__ = ["KINDS", "CLASS_COLORS_RGB", "CLASS_COLORS_BGR", "CLASS_NAMES", "SPLITS", "DEFAULTS",
-           "render_sample", "make_dataset"]
+           "RECORD_NAME", "render_sample", "make_dataset"]
 
 SPLITS = ("train", "valid", "test")
 
@@ -76,21 +80,6 @@ def _sample_rng(seed: int, kind: str, split: str, index: int) -> np.random.Gener
     return np.random.default_rng([int(seed), KINDS.index(kind), split_id, int(index)])
 
 
-_NAME_RE = re.compile(r"^\d{4,}\.png$")
-
-
-def _remove_stale(folder: Path, keep: set[str]) -> None:
-    """Remove files this writer made in an earlier run (NNNN.png) that this run does not write."""
-    if not folder.is_dir():
-        return
-    for f in folder.iterdir():
-        if f.is_file() and _NAME_RE.match(f.name) and f.name not in keep:
-            try:
-                f.unlink()
-            except OSError as exc:
-                raise FlexunetError(f"{f}: cannot remove stale file ({exc.strerror or exc})") from None
-
-
 def make_dataset(out_dir: str | os.PathLike, kind: str = "tiles", n_train: int | None = None,
                  n_valid: int | None = None, n_test: int | None = None, size=None, seed: int = 0,
                  progress: Callable[[int, int], None] | None = None, n_mini: int | None = None,
@@ -102,6 +91,10 @@ def make_dataset(out_dir: str | os.PathLike, kind: str = "tiles", n_train: int |
     ``kind`` (see :data:`DEFAULTS`).  ``mini_test`` holds a few larger images (``mini_size``) for
     previews and tiled inference.  ``progress(done, total)`` is called after each file written.
     Same arguments -> byte-identical files.
+
+    Only a new or empty folder, or one this function made (its record, :data:`RECORD_NAME`), is
+    written into, and there only the files it wrote are replaced or removed (see
+    :mod:`.synth_record`); the summary's ``files`` counts what it did.
     """
     check_kind(kind)
     d = DEFAULTS[kind]
@@ -109,22 +102,76 @@ def make_dataset(out_dir: str | os.PathLike, kind: str = "tiles", n_train: int |
     mini = _as_size(mini_size, kind) if mini_size is not None else d["mini_size"]
     counts = _counts(kind, {"train": n_train, "valid": n_valid, "test": n_test, "mini_test": n_mini})
     out = Path(out_dir)
+    samples = _plan(counts, (width, height), mini, int(seed), kind)
+    claim = claim_folder(out, [rel for s in samples for rel in s.files],
+                         lambda rels: _first_different(out, samples, rels))
     summary: dict = {
         "kind": kind,
         "out_dir": str(out),
         "seed": int(seed),
         "mask_type": "color" if kind == "multiclass" else "binary",
-        "splits": {},
+        "splits": {split: _split_summary(out, n, mini if split == "mini_test" else (width, height), split)
+                   for split, n in counts.items()},
     }
     if kind == "multiclass":
         summary["class_names"] = list(CLASS_NAMES)
         summary["class_colors_rgb"] = {str(list(k)): v for k, v in CLASS_COLORS_RGB.items()}
-    files = _FileCounter(2 * sum(counts.values()), progress)
-    for split, n in counts.items():
-        sw, sh = mini if split == "mini_test" else (width, height)
-        summary["splits"][split] = _write_split(out, split, n, (sw, sh), seed, kind, files)
+    summary["files"] = _write_all(out, samples, claim, _FileCounter(2 * len(samples), progress),
+                                  {"kind": kind, "seed": int(seed), "counts": counts})
     summary["counts"] = {k: v for k, v in counts.items()}
     return summary
+
+
+@dataclass
+class _Sample:
+    """One image and its mask: the files they go to and how they are drawn."""
+
+    split: str
+    index: int
+    size: tuple[int, int]   # (width, height)
+    files: tuple[str, str]  # image and mask, relative to the data set folder
+    seed: int
+    kind: str
+
+    def arrays(self):
+        rng = _sample_rng(self.seed, self.kind, self.split, self.index)
+        return render_sample(rng, self.size[1], self.size[0], self.kind)
+
+
+def _plan(counts: dict[str, int], size: tuple[int, int], mini: tuple[int, int], seed: int,
+          kind: str) -> list[_Sample]:
+    """Every sample of every split, in the order they are written."""
+    samples = []
+    for split, n in counts.items():
+        digits = max(4, len(str(max(0, n - 1))))
+        for i in range(n):
+            name = f"{i:0{digits}d}.png"
+            samples.append(_Sample(split, i, mini if split == "mini_test" else size,
+                                   (f"{split}/images/{name}", f"{split}/masks/{name}"), seed, kind))
+    return samples
+
+
+def _first_different(out: Path, samples: list[_Sample], rels: list[str]) -> str | None:
+    """The first of ``rels`` (existing files) whose pixels differ from what its sample renders."""
+    wanted = set(rels)
+    for sample in samples:
+        present = [(rel, k) for k, rel in enumerate(sample.files) if rel in wanted]
+        if not present:
+            continue
+        arrays = sample.arrays()
+        for rel, k in present:
+            try:
+                found = read_image(out / rel) if k == 0 else read_mask(out / rel, color=arrays[1].ndim == 3)
+            except FlexunetError:
+                return rel
+            if found.shape != arrays[k].shape or not np.array_equal(found, arrays[k]):
+                return rel
+    return None
+
+
+def _split_summary(out: Path, n: int, size: tuple[int, int], split: str) -> dict:
+    return {"count": n, "width": size[0], "height": size[1], "images": str(out / split / "images"),
+            "masks": str(out / split / "masks")}
 
 
 def _counts(kind: str, given: dict[str, int | None]) -> dict[str, int]:
@@ -150,22 +197,40 @@ class _FileCounter:
             self.progress(self.done, self.total)
 
 
-def _write_split(out: Path, split: str, n: int, size: tuple[int, int], seed: int, kind: str,
-                 files: _FileCounter) -> dict:
-    """``n`` images and masks of ``size`` (width, height) under ``out/split``; its summary."""
-    sw, sh = size
-    img_dir = out / split / "images"
-    mask_dir = out / split / "masks"
-    digits = max(4, len(str(max(0, n - 1))))
-    names = [f"{i:0{digits}d}.png" for i in range(n)]
-    _remove_stale(img_dir, set(names))
-    _remove_stale(mask_dir, set(names))
-    img_dir.mkdir(parents=True, exist_ok=True)
-    mask_dir.mkdir(parents=True, exist_ok=True)
-    for i, name in enumerate(names):
-        image, mask = render_sample(_sample_rng(seed, kind, split, i), sh, sw, kind)
-        write_image(img_dir / name, image)
-        files.written()
-        write_image(mask_dir / name, mask)
-        files.written()
-    return {"count": n, "width": sw, "height": sh, "images": str(img_dir), "masks": str(mask_dir)}
+def _write(path: Path, image: np.ndarray) -> str:
+    """Write ``image`` atomically; the SHA-256 of the bytes written."""
+    data = encode_image(path, image)
+    try:
+        write_bytes(path, data)
+    except OSError as exc:
+        raise FlexunetError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    return hashlib.sha256(data).hexdigest()
+
+
+def _write_all(out: Path, samples: list[_Sample], claim: Claim, files: _FileCounter,
+               about: dict) -> dict[str, int]:
+    """Write every sample's image and mask (the record first), remove this writer's files of an
+    earlier run that this run does not write, then record the files with their hashes."""
+    targets = [rel for s in samples for rel in s.files]
+    try:
+        for split in about["counts"]:
+            for sub in ("images", "masks"):
+                (out / split / sub).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FlexunetError(f"{out}: cannot create the data set's folders ({exc.strerror or exc})") from None
+    pending: dict[str, str | None] = {**claim.ours, **dict.fromkeys(targets)}
+    write_record(out, pending, **about, complete=False)
+    digests: dict[str, str | None] = {}
+    for sample in samples:
+        arrays = None if all(rel in claim.identical for rel in sample.files) else sample.arrays()
+        for rel, k in zip(sample.files, (0, 1)):
+            if rel in claim.identical:
+                digests[rel] = sha256_file(out / rel)
+            else:
+                digests[rel] = _write(out / rel, arrays[k])
+            files.written()
+    removed = remove_own(out, set(claim.ours) - set(targets))
+    write_record(out, digests, **about, complete=True)
+    replaced = sum(rel in claim.ours for rel in targets)
+    return {"new": len(targets) - replaced - len(claim.identical), "replaced": replaced,
+            "identical": len(claim.identical), "removed": removed, "left": claim.foreign}

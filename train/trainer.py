@@ -9,7 +9,8 @@ Outputs (names as the seeds write them):
   <model_dir>/train_eval_infer.config   a copy of the config used
   <eval_dir>/train_metrics.csv, train_losses.csv and their PNG plots (rewritten every epoch)
   <epoch_change_infer_dir>/, <epoch_change_tiledinfer_dir>/   per-epoch previews when enabled
-Ctrl-C stops after the current batch; the best model saved so far is kept.
+Ctrl-C stops after the current batch; the best model saved so far is kept.  A model that cannot be
+trained in this machine's memory (:mod:`flexunet.train.memory`) is refused before anything is written.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import numpy as np
 
 from flexunet.core.atomic import write_text
 from flexunet.core.config import CONFIG_FILENAME, Config
-from flexunet.core.errors import ConfigError, EXIT_INTERRUPTED, FlexunetError
+from flexunet.core.errors import EXIT_INTERRUPTED, ConfigError, FlexunetError, first_line
 from flexunet.train import dataset as ds
 from flexunet.train.previews import Previewer
 
@@ -152,6 +153,9 @@ class TrainResult:
 
 def train(cfg: Config, epochs: int | None = None) -> TrainResult:
     """Train the config's UNet; returns where the best model is and how training went."""
+    from flexunet.train.memory import check_training_memory
+
+    check_training_memory(cfg)
     t = cfg.train
     if epochs is not None:
         t.epochs = epochs
@@ -169,12 +173,24 @@ def train(cfg: Config, epochs: int | None = None) -> TrainResult:
     callbacks, best, history = make_callbacks(cfg, model_path, previews)
 
     start = time.perf_counter()
-    interrupted = _fit(model, data, t, callbacks, history)
+    try:
+        interrupted = _fit(model, data, t, callbacks, history)
+    except Exception as exc:  # the estimate is a floor: TensorFlow may still run out of memory
+        if not _out_of_memory(exc):
+            raise
+        raise cfg.error("train", "batch_size", f"out of memory while training a batch of {t.batch_size} "
+                        f"at {cfg.model.image_width}x{cfg.model.image_height} ({first_line(exc, 120)}); "
+                        "use a smaller batch_size, image size, base_filters or num_layers") from None
     if best.best_epoch is None:
         msg = "no epoch completed; no model saved" if interrupted else "training produced no finite loss"
         raise FlexunetError(msg, exit_code=EXIT_INTERRUPTED if interrupted else 1)
     return TrainResult(model_path, best.best_epoch, best.best, len(history.rows), interrupted,
                        time.perf_counter() - start)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is Python's or TensorFlow's out-of-memory error."""
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "ResourceExhaustedError"
 
 
 def _prepare_outputs(cfg: Config) -> None:

@@ -70,8 +70,9 @@ def load_keras_model(path: str | os.PathLike):
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: no such model file")
-    if not zipfile.is_zipfile(path):
-        raise ModelError(f"{path}: cannot load model: not a Keras archive (corrupt or wrong format)")
+    problem = _archive_problem(path)
+    if problem:
+        raise ModelError(f"{path}: cannot load model: not a Keras archive ({problem})")
     try:
         import_tensorflow_quietly()
         import keras
@@ -82,6 +83,21 @@ def load_keras_model(path: str | os.PathLike):
         return keras.models.load_model(path, compile=False)
     except Exception as exc:  # Keras raises many types for corrupt or foreign archives
         raise ModelError(f"{path}: cannot load model ({first_line(exc, 200)})") from None
+
+
+def _archive_problem(path: Path) -> str | None:
+    """Why ``path`` is not a Keras archive (a zip holding ``config.json``), or None; checked before
+    TensorFlow is imported."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return "corrupt or wrong format"
+    if not names:
+        return "an empty zip file"
+    if "config.json" not in names:
+        return "no config.json in it"
+    return None
 
 
 def _tensorflow_version() -> str:

@@ -12,7 +12,11 @@ Rules, in the order they apply to each key the project uses:
   key takes its default;
 * a literal of the wrong type or outside its range is a :class:`~flexunet.core.errors.ConfigError`:
   one line naming file, section and key (exit code 2);
-* keys the project does not use are kept in ``Config.raw`` and otherwise ignored.
+* keys the project does not use are kept in ``Config.raw`` and otherwise ignored;
+* a config must describe its network: an empty file, no ``[model]`` or an empty one is a
+  ConfigError (it would build the default model without a word).
+
+Config values quoted in warnings and errors are cut to 60 characters (:func:`brief`).
 
 Both spellings the seeds use are accepted: ``[eval]`` or ``[valid]``, ``image_datapath`` /
 ``mask_datapath`` or ``images_dir`` / ``masks_dir``.  Relative paths resolve against the config
@@ -30,7 +34,7 @@ from typing import Any
 from flexunet.core.config_checks import NAMED_COLORS, Invalid
 from flexunet.core.config_paths import reroot, resolve
 from flexunet.core.config_reader import (
-    COLOR_CONVERSIONS, INTERPOLATIONS, SYMBOLS, Unparsable, read_literals,
+    COLOR_CONVERSIONS, INTERPOLATIONS, SYMBOLS, Unparsable, brief, read_literals,
 )
 from flexunet.core.config_schema import (
     ACTIVATIONS, SECTION_TYPES, UNET_MODEL_NAMES, Config, DatasetConfig, GeneratorConfig,
@@ -71,6 +75,7 @@ def load_config(path: str | os.PathLike, data_root: str | os.PathLike | None = N
     if root is not None and not root.is_dir():
         raise ConfigError(f"{root}: --data-root is not a folder")
     raw = read_literals(config_path)
+    _require_model(config_path, raw)
 
     sink: list[str] = []
     if "eval" in raw and "valid" in raw:
@@ -88,10 +93,21 @@ def load_config(path: str | os.PathLike, data_root: str | os.PathLike | None = N
     return cfg
 
 
+def _require_model(config_path: Path, raw: dict) -> None:
+    """A config must describe its network: an empty file, or one without ``[model]`` or with an empty
+    ``[model]``, would silently build the default model."""
+    if raw.get("model"):
+        return
+    what = ("the config is empty (no sections)" if not raw else
+            "no [model] section" if "model" not in raw else "[model] is empty")
+    raise ConfigError(f"{config_path}: {what}: [model] must describe the network (image_width, "
+                      "image_height, num_layers, base_filters, ...)")
+
+
 def _warn(config_path: Path, section: str, key: str, bad: Unparsable, default: Any,
           sink: list[str]) -> None:
-    msg = (f"{config_path}:{bad.line}: [{section}] {key} = {bad.text!r}: {bad.reason}; "
-           f"using the default {default!r}")
+    msg = (f"{config_path}:{bad.line}: [{section}] {key} = {brief(bad.text)}: {bad.reason}; "
+           f"using the default {brief(default)}")
     sink.append(msg)
     ident = (str(config_path.resolve()), section, key, bad.line)
     if ident not in _warned:

@@ -12,6 +12,8 @@ import re
 from dataclasses import field
 from typing import Any, Callable
 
+from flexunet.core.config_reader import brief
+
 # Named colours accepted by [segmentation] black/white and rgb_map keys (RGB).
 NAMED_COLORS = {
     "black": (0, 0, 0), "white": (255, 255, 255), "red": (255, 0, 0), "green": (0, 255, 0),
@@ -43,7 +45,7 @@ def _optional(check: Callable[[Any], Any], optional: bool) -> Callable[[Any], An
 def integer(lo: int | None = None, hi: int | None = None, optional: bool = False):
     def check(v):
         if isinstance(v, bool) or not isinstance(v, int):
-            raise Invalid(f"expected an integer, got {v!r}")
+            raise Invalid(f"expected an integer, got {brief(v)}")
         if lo is not None and v < lo:
             raise Invalid(f"must be >= {lo}, got {v}")
         if hi is not None and v > hi:
@@ -56,7 +58,7 @@ def number(lo: float | None = None, hi: float | None = None, lo_open: bool = Fal
            hi_open: bool = False, optional: bool = False):
     def check(v):
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise Invalid(f"expected a number, got {v!r}")
+            raise Invalid(f"expected a number, got {brief(v)}")
         v = float(v)
         if lo is not None and (v < lo or (lo_open and v == lo)):
             raise Invalid(f"must be {'>' if lo_open else '>='} {lo}, got {v}")
@@ -71,18 +73,18 @@ def boolean(v):
         return v
     if isinstance(v, int) and v in (0, 1):
         return bool(v)
-    raise Invalid(f"expected True or False, got {v!r}")
+    raise Invalid(f"expected True or False, got {brief(v)}")
 
 
 def string(choices: tuple[str, ...] | None = None, optional: bool = False):
     """A quoted string; with ``choices``, one of them in any case (returned as spelled there)."""
     def check(v):
         if not isinstance(v, str):
-            raise Invalid(f"expected a quoted string, got {v!r}")
+            raise Invalid(f"expected a quoted string, got {brief(v)}")
         if choices is not None and v not in choices:
             match = {c.lower(): c for c in choices}.get(v.lower())
             if match is None:
-                raise Invalid(f"{v!r} is not one of {', '.join(choices)}")
+                raise Invalid(f"{brief(v)} is not one of {', '.join(choices)}")
             return match
         return v
     return _optional(check, optional)
@@ -91,7 +93,7 @@ def string(choices: tuple[str, ...] | None = None, optional: bool = False):
 def path_text(optional: bool = True):
     def check(v):
         if not isinstance(v, str) or not v.strip():
-            raise Invalid(f"expected a quoted path, got {v!r}")
+            raise Invalid(f"expected a quoted path, got {brief(v)}")
         return v
     return _optional(check, optional)
 
@@ -103,7 +105,7 @@ def pair(lo: int = 1, odd: bool = False, equal: bool = False, optional: bool = F
             v = (v, v)
         if (not isinstance(v, (tuple, list)) or len(v) != 2
                 or any(isinstance(x, bool) or not isinstance(x, int) for x in v)):
-            raise Invalid(f"expected a pair of integers like (3,3), got {v!r}")
+            raise Invalid(f"expected a pair of integers like (3,3), got {brief(v)}")
         v = (int(v[0]), int(v[1]))
         if min(v) < lo:
             raise Invalid(f"values must be >= {lo}, got {v}")
@@ -119,13 +121,13 @@ def string_list(v):
     if isinstance(v, str):
         v = [v]
     if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) for x in v):
-        raise Invalid(f"expected a list of quoted strings, got {v!r}")
+        raise Invalid(f"expected a list of quoted strings, got {brief(v)}")
     return list(v)
 
 
 def number_list(v):
     if not isinstance(v, (list, tuple)) or any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in v):
-        raise Invalid(f"expected a list of numbers, got {v!r}")
+        raise Invalid(f"expected a list of numbers, got {brief(v)}")
     return [float(x) for x in v]
 
 
@@ -136,7 +138,7 @@ def symbol(names: tuple[str, ...]):
             name = v[4:] if v.startswith("cv2.") else v
             if name in names:
                 return name
-        raise Invalid(f"{v!r} is not one of the allowed names: " + ", ".join("cv2." + n for n in names))
+        raise Invalid(f"{brief(v)} is not one of the allowed names: " + ", ".join("cv2." + n for n in names))
     return _optional(check, True)
 
 
@@ -152,7 +154,7 @@ def color(v):
     if (isinstance(v, (tuple, list)) and len(v) == 3
             and all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= 255 for x in v)):
         return tuple(v)
-    raise Invalid(f"expected a colour name, '#rrggbb' or an (r,g,b) tuple, got {v!r}")
+    raise Invalid(f"expected a colour name, '#rrggbb' or an (r,g,b) tuple, got {brief(v)}")
 
 
 def class_color_map(v):
@@ -160,11 +162,11 @@ def class_color_map(v):
     if v is None:
         return None
     if not isinstance(v, dict) or not v:
-        raise Invalid(f"expected a dict {{(r,g,b): class_index, ...}}, got {v!r}")
+        raise Invalid(f"expected a dict {{(r,g,b): class_index, ...}}, got {brief(v)}")
     out: dict[tuple[int, int, int], int] = {}
     for k, c in v.items():
         rgb = color(k)
         if isinstance(c, bool) or not isinstance(c, int) or c < 0:
-            raise Invalid(f"class index for {k!r} must be an integer >= 0, got {c!r}")
+            raise Invalid(f"class index for {brief(k)} must be an integer >= 0, got {brief(c)}")
         out[rgb] = c
     return out

@@ -32,6 +32,15 @@ INTERPOLATIONS = ("INTER_NEAREST", "INTER_LINEAR", "INTER_CUBIC", "INTER_AREA", 
 SYMBOLS = {f"cv2.{n}": n for n in COLOR_CONVERSIONS + INTERPOLATIONS}
 
 
+def brief(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` for a one-line message, cut to ``limit`` characters (``...`` and the full
+    length said) so that a config value of any length never floods the terminal."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
 class Unparsable:
     """Marker for a value ``ast.literal_eval`` refused; carries the text and its line."""
 
@@ -82,7 +91,7 @@ def read_sections(path: Path) -> dict[str, dict[str, RawValue]]:
             last_key = None
             continue
         if current is None:
-            raise ConfigError(f"{path}:{lineno}: a value outside any [section]: {stripped!r}")
+            raise ConfigError(f"{path}:{lineno}: a value outside any [section]: {brief(stripped)}")
         last_key, value = _key_value(path, lineno, stripped)
         current[last_key] = RawValue(strip_inline_comment(value), lineno)
     return sections
@@ -91,7 +100,7 @@ def read_sections(path: Path) -> dict[str, dict[str, RawValue]]:
 def _section_name(path: Path, lineno: int, stripped: str) -> str:
     end = stripped.find("]")
     if end < 0:
-        raise ConfigError(f"{path}:{lineno}: malformed section header {stripped!r}")
+        raise ConfigError(f"{path}:{lineno}: malformed section header {brief(stripped)}")
     return stripped[1:end].strip().lower()
 
 
@@ -100,7 +109,7 @@ def _key_value(path: Path, lineno: int, stripped: str) -> tuple[str, str]:
     if not sep:
         key, sep, value = stripped.partition(":")
     if not sep:
-        raise ConfigError(f"{path}:{lineno}: expected 'key = value', got {stripped!r}")
+        raise ConfigError(f"{path}:{lineno}: expected 'key = value', got {brief(stripped)}")
     return key.strip().lower(), value.strip()
 
 

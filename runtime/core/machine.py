@@ -64,3 +64,43 @@ def sha256_file(path: str | os.PathLike, digest=None) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+#: cgroup files (v2, then v1) of a container's memory limit and its current use.
+_CGROUP_MEMORY = (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                  ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"))
+
+
+def _cgroup_free() -> int | None:
+    """Bytes left under this container's memory limit (None without a limit)."""
+    for limit_file, usage_file in _CGROUP_MEMORY:
+        try:
+            limit, usage = Path(limit_file).read_text().strip(), Path(usage_file).read_text().strip()
+        except OSError:
+            continue
+        if limit.isdigit() and usage.isdigit() and int(limit) < 1 << 60:  # "max" or a huge number: none
+            return max(0, int(limit) - int(usage))
+        return None
+    return None
+
+
+def _address_space_free(psutil) -> int | None:
+    """Bytes left under this process's address-space limit (``ulimit -v``; None without one)."""
+    try:
+        import resource
+    except ImportError:  # not Unix
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if soft == resource.RLIM_INFINITY:
+        return None
+    return max(0, soft - psutil.Process().memory_info().vms)
+
+
+def available_memory() -> int:
+    """Bytes this process can still allocate: the machine's available memory, or less when a
+    container's memory limit (cgroup) or this process's address-space limit (``ulimit -v``) leaves
+    less."""
+    import psutil
+
+    limits = [psutil.virtual_memory().available, _cgroup_free(), _address_space_free(psutil)]
+    return min(v for v in limits if v is not None)
