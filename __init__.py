@@ -12,18 +12,20 @@ the ones below it:
 
 ``import flexunet`` imports nothing heavy: ``Segmenter`` is loaded on first use and never TensorFlow.
 """
-from importlib import metadata as _metadata
-
-try:
-    __version__ = _metadata.version("flexunet")
-except _metadata.PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0+unknown"
-
 _API = ("Segmenter", "SegmentResult", "RunSummary")
 
 
 def __getattr__(name):
-    """Lazy public API: ``from flexunet import Segmenter`` loads neither onnxruntime nor TensorFlow."""
+    """Lazy attributes: ``__version__`` (from the package metadata) and the public API
+    (``from flexunet import Segmenter`` loads neither onnxruntime nor TensorFlow).  Nothing is
+    imported with the package itself, so the ``flexunet`` command installs its Ctrl-C handling at once."""
+    if name == "__version__":
+        from importlib import metadata
+
+        try:
+            return metadata.version("flexunet")
+        except metadata.PackageNotFoundError:  # a source tree that was never installed
+            return "0+unknown"
     if name in _API:
         from flexunet.runtime import segmenter
 

@@ -214,9 +214,10 @@ class Segmenter:
         self.backend: Backend = load_backend(model, backend, threads=threads, config=config) \
             if self._owns_backend else as_backend(model)
         try:
-            self._layout = self._checked(self._resolve(tile, overlap, blend, whole))
             if batch_size < 1:
                 raise FlexunetError(f"batch size must be at least 1, got {batch_size}")
+            native = min(batch_size, self.backend.max_batch or batch_size)
+            self._layout = self._checked(self._resolve(tile, overlap, blend, whole, native))
             self.threshold = self.info.threshold if threshold is None else float(threshold)
             if not 0.0 <= self.threshold <= 1.0:
                 raise FlexunetError(f"threshold must be between 0 and 1, got {self.threshold}")
@@ -231,10 +232,12 @@ class Segmenter:
         self.readers = readers
         self.max_in_flight = max_in_flight
 
-    def _resolve(self, tile, overlap: int | None, blend: str | None, whole: bool) -> Layout:
-        """:func:`~flexunet.runtime.layout.resolve_layout` for this model; errors name the model."""
+    def _resolve(self, tile, overlap: int | None, blend: str | None, whole: bool, batch_size: int) -> Layout:
+        """:func:`~flexunet.runtime.layout.resolve_layout` for this model (its memory checked for
+        batches of ``batch_size`` tiles); errors name the model."""
         try:
-            return resolve_layout(self.info, tile, overlap, blend, whole=whole, fixed_size=self.backend.fixed_size)
+            return resolve_layout(self.info, tile, overlap, blend, whole=whole, fixed_size=self.backend.fixed_size,
+                                  batch_size=batch_size)
         except FlexunetError as exc:
             raise type(exc)(f"{self.backend.path or self.backend.name}: {exc}") from None
 

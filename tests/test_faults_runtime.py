@@ -30,6 +30,7 @@ import pytest
 from click.testing import CliRunner
 
 import flexunet.core.imageio as imageio_module
+from flexunet.core import image_headers
 from flexunet.cli import cli
 from flexunet.core.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SKIPPED, EXIT_USAGE, FlexunetError
 from flexunet.runtime.outputs import RECORD_DIR, output_names
@@ -221,7 +222,7 @@ def test_a_limit_from_the_header_is_checked_before_decoding(tmp_path, monkeypatc
 def test_header_sizes_of_every_format(tmp_path, ext):
     image = np.zeros((37, 53, 3), np.uint8)
     ok, data = cv2.imencode(ext, image)
-    assert imageio_module.header_size(data.tobytes()) == (53, 37)
+    assert image_headers.header_size(data.tobytes()) == (53, 37)
 
 
 def test_decoder_lines_are_dropped_and_other_lines_kept(tmp_path, monkeypatch, capfd):

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flexunet.core.config import Config, ModelConfig
+from flexunet.core import machine
 from flexunet.core.errors import ConfigError
 
 FLOAT_BYTES = 4
@@ -83,11 +84,10 @@ def activations_per_sample(m: ModelConfig) -> int:
 
 
 def available_memory() -> tuple[int, int]:
-    """(available, total) bytes of this machine's memory."""
-    import psutil
-
-    vm = psutil.virtual_memory()
-    return int(vm.available), int(vm.total)
+    """(available, total) bytes, as :mod:`flexunet.core.machine` reads them (container and
+    address-space limits included)."""
+    available = machine.available_memory()
+    return available, machine.total_memory() or available
 
 
 def estimate(cfg: Config) -> Estimate:

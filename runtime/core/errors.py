@@ -15,7 +15,7 @@ EXIT_INTERRUPTED = 130  # Ctrl-C
 EXIT_CODES_HELP = (
     "Exit codes: 0 success; 1 verdict failed (parity, export verification); "
     "2 bad input (config, option, model, missing dependency); "
-    "3 finished but some inputs were skipped; 130 interrupted."
+    "3 finished but some inputs were skipped; 130 interrupted (Ctrl-C, or SIGTERM during a folder run)."
 )
 
 

@@ -10,24 +10,20 @@ Writing encodes in memory and renames a complete temporary file into place.
 """
 from __future__ import annotations
 
-import atexit
-import contextlib
 import errno
 import os
-import re
 import stat
-import struct
-import sys
-import tempfile
-import threading
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import cv2
 import numpy as np
 
 from flexunet.core.atomic import write_bytes
+from flexunet.core.decoder_quiet import quiet_decoders
 from flexunet.core.errors import FlexunetError, ImageReadError
+from flexunet.core.image_headers import header_size
+from flexunet.core.machine import total_memory
 
 # Decoder warnings (e.g. "PNG input buffer is incomplete") would reach the user's terminal beside
 # our own one-line report of the same file; keep OpenCV's log to errors.
@@ -45,15 +41,8 @@ RUN_BYTES_PER_PIXEL = 64
 _OPENCV_MAX_PIXELS = 1 << 30  # OpenCV's own default limit (OPENCV_IO_MAX_IMAGE_PIXELS)
 
 
-def _memory_bytes() -> int | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
 #: The default limit: OpenCV's, or what this machine's memory can segment if that is less.
-MAX_IMAGE_PIXELS = min(_OPENCV_MAX_PIXELS, (_memory_bytes() or 1 << 62) // RUN_BYTES_PER_PIXEL)
+MAX_IMAGE_PIXELS = min(_OPENCV_MAX_PIXELS, (total_memory() or 1 << 62) // RUN_BYTES_PER_PIXEL)
 
 
 def max_image_pixels() -> int:
@@ -147,152 +136,6 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     return out
 
 
-# -- image sizes from headers -----------------------------------------------------------------------------
-_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-
-
-def _png_size(b: memoryview) -> tuple[int, int] | None:
-    if bytes(b[:8]) == b"\x89PNG\r\n\x1a\n" and bytes(b[12:16]) == b"IHDR" and len(b) >= 24:
-        return struct.unpack_from(">II", b, 16)
-    return None
-
-
-def _jpeg_size(b: memoryview) -> tuple[int, int] | None:
-    """Width and height of the first frame header (SOF), walking the marker segments before it."""
-    if bytes(b[:2]) != b"\xff\xd8":
-        return None
-    i = 2
-    while i + 4 <= len(b) and b[i] == 0xFF:
-        marker = b[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-        elif marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a segment
-            i += 2
-        elif marker in _JPEG_SOF:
-            if i + 9 > len(b):
-                return None
-            height, width = struct.unpack_from(">HH", b, i + 5)
-            return width, height
-        elif marker in (0xD9, 0xDA):  # end of image, start of scan: no frame header before them
-            return None
-        else:
-            i += 2 + struct.unpack_from(">H", b, i + 2)[0]
-    return None
-
-
-def _bmp_size(b: memoryview) -> tuple[int, int] | None:
-    if bytes(b[:2]) != b"BM" or len(b) < 26:
-        return None
-    if struct.unpack_from("<I", b, 14)[0] == 12:  # OS/2 BITMAPCOREHEADER
-        return struct.unpack_from("<HH", b, 18)
-    width, height = struct.unpack_from("<ii", b, 18)  # negative height: rows top-down
-    return abs(width), abs(height)
-
-
-def _tiff_size(b: memoryview) -> tuple[int, int] | None:
-    """ImageWidth and ImageLength of the first image file directory (classic TIFF)."""
-    order = {b"II": "<", b"MM": ">"}.get(bytes(b[:2]))
-    if order is None or len(b) < 8 or struct.unpack_from(order + "H", b, 2)[0] != 42:
-        return None
-    ifd = struct.unpack_from(order + "I", b, 4)[0]
-    if ifd + 2 > len(b):
-        return None
-    size = {}
-    for k in range(struct.unpack_from(order + "H", b, ifd)[0]):
-        at = ifd + 2 + 12 * k
-        if at + 12 > len(b):
-            break
-        tag, kind = struct.unpack_from(order + "HH", b, at)
-        if tag in (256, 257):
-            size[tag] = struct.unpack_from(order + ("H" if kind == 3 else "I"), b, at + 8)[0]
-    return (size[256], size[257]) if len(size) == 2 else None
-
-
-def header_size(data) -> tuple[int, int] | None:
-    """``(width, height)`` an image file's header declares (PNG, JPEG, BMP, TIFF), read without
-    decoding; None for other formats or a header too damaged to say."""
-    b = memoryview(data).cast("B")
-    for parse in (_png_size, _jpeg_size, _bmp_size, _tiff_size):
-        try:
-            size = parse(b)
-        except struct.error:  # cut short
-            size = None
-        if size is not None:
-            return tuple(int(v) for v in size)
-    return None
-
-
-# -- keeping the decoders quiet ---------------------------------------------------------------------------
-# What libpng, libjpeg, libtiff and OpenCV's log print while decoding; flexunet reports the file itself.
-_DECODER_NOISE = re.compile(rb"(?m)^(?:libpng (?:error|warning)|\[ ?(?:WARN|ERROR|INFO|DEBUG)\b|TIFF\w*:|"
-                            rb"Corrupt JPEG data|Premature end of JPEG|Invalid SOS|Bogus marker|"
-                            rb"Not a JPEG file|JPEG datastream).*\n?")
-
-
-class _QuietStderr:
-    """While any thread decodes, file descriptor 2 points at a temporary file; when the last one
-    is done, what was written there goes to the real stderr without the decoders' lines, so the
-    lines other threads wrote meanwhile (progress) are delayed, never lost.  At exit stderr is
-    given back even if a thread is still decoding."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._users = 0
-        self._saved: int | None = None
-        self._capture = None
-        atexit.register(self.release)
-
-    @contextlib.contextmanager
-    def __call__(self) -> Iterator[None]:
-        with self._lock:
-            self._users += 1
-            if self._users == 1:
-                self._redirect()
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._users = max(0, self._users - 1)
-                if self._users == 0:
-                    self._restore()
-
-    def release(self) -> None:
-        """Point file descriptor 2 back at stderr now and write out what it held."""
-        with self._lock:
-            self._users = 0
-            self._restore()
-
-    def _redirect(self) -> None:
-        with contextlib.suppress(OSError, ValueError, AttributeError):  # no stderr: decode as it is
-            sys.stderr.flush()
-            capture = tempfile.TemporaryFile()
-            try:
-                self._saved = os.dup(2)
-            except OSError:
-                capture.close()
-                raise
-            self._capture = capture
-            os.dup2(capture.fileno(), 2)
-
-    def _restore(self) -> None:
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            sys.stderr.flush()
-        if self._saved is not None:
-            os.dup2(self._saved, 2)
-            os.close(self._saved)
-            self._saved = None
-        if self._capture is not None:
-            self._capture.seek(0)
-            kept = _DECODER_NOISE.sub(b"", self._capture.read())
-            self._capture.close()
-            self._capture = None
-            if kept:
-                os.write(2, kept)
-
-
-_quiet_decoders = _QuietStderr()
-
-
 # -- reading -------------------------------------------------------------------------------------------
 def _open_error(path: Path, exc: OSError, missing: str = "no such file") -> str:
     """The one-line error for a path that cannot be opened (or examined)."""
@@ -344,7 +187,7 @@ def _decode(path: Path, flags: int, digest=None) -> np.ndarray:
     if size is not None:
         _check_pixels(path, *size, limit)
     try:
-        with _quiet_decoders():
+        with quiet_decoders():
             img = cv2.imdecode(data, flags)
         if img is None or img.size == 0:
             raise ImageReadError(f"{path}: cannot decode image (corrupt or unsupported format)")

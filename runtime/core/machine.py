@@ -104,3 +104,11 @@ def available_memory() -> int:
 
     limits = [psutil.virtual_memory().available, _cgroup_free(), _address_space_free(psutil)]
     return min(v for v in limits if v is not None)
+
+
+def total_memory() -> int | None:
+    """Bytes of this machine's physical memory (None where it cannot be read)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
