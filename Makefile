@@ -17,6 +17,11 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet -e ".[train,dev]"
 	touch $@
 
+# the tests also run the optional engines that install here (OpenVINO, Ray)
+$(VENV)/.installed-extras: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e ".[train,dev,openvino,ray]"
+	touch $@
+
 demo: setup
 	$(FLEX) synth $(DEMO)/dataset --kind tiles
 	$(FLEX) train $(DEMO)/train_eval_infer.config
@@ -29,7 +34,7 @@ demo: setup
 	@echo "  evaluation       $(DEMO)/evaluation.csv"
 	@echo "  epoch previews   $(DEMO)/epoch_change_tiledinfer/"
 
-test: setup
+test: $(VENV)/.installed-extras
 	$(PY) -m pytest -q
 
 clean-demo:
