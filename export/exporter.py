@@ -22,7 +22,7 @@ import numpy as np
 
 from flexunet.core.compare import TOLERANCES
 from flexunet.core.config import CONFIG_FILENAME, load_config
-from flexunet.core.errors import FlexunetError, MissingDependencyError, ModelError
+from flexunet.core.errors import FlexunetError, MissingDependencyError, ModelError, require_model_file
 from flexunet.core.machine import library_versions
 from flexunet.core.modelinfo import ModelInfo
 from flexunet.export import tiles
@@ -74,8 +74,7 @@ def check_options(model_path: Path, opts: ExportOptions) -> None:
     without TensorRT, INT8 without calibration images (or with a folder holding none), and
     output or Triton folders that cannot be written."""
     model_path = Path(model_path)
-    if not model_path.is_file():
-        raise ModelError(f"{model_path}: no such model file")
+    require_model_file(model_path)
     if not 1 <= opts.min_batch <= opts.opt_batch <= opts.max_batch:
         raise FlexunetError("need 1 <= --min-batch <= --opt-batch <= --max-batch "
                             f"(got {opts.min_batch}, {opts.opt_batch}, {opts.max_batch})")

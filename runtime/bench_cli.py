@@ -17,7 +17,7 @@ from flexunet.runtime.bench import run_bench
 from flexunet.runtime.bench_report import write_reports
 from flexunet.runtime.bench_seed import BASELINES
 from flexunet.runtime.bench_timing import DEFAULT_BATCH_SIZES, parse_batch_sizes
-from flexunet.runtime.infer_cli import TileSize
+from flexunet.runtime.infer_cli import BACKEND_HELP, THREADS_HELP, TileSize
 
 EPILOG = (
     "Measures (warm-up excluded): predict latency per batch (p50/p90/p99, tiles/s) for each --batch-sizes "
@@ -48,8 +48,7 @@ class BatchSizes(click.ParamType):
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--report-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("bench_report"),
               show_default=True, help="Folder for bench.json, bench.md and bench.png.")
-@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
-              help="Inference backend; auto picks the fastest available for the model file.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True, help=BACKEND_HELP)
 @click.option("--batch-sizes", type=BatchSizes(), default=",".join(map(str, DEFAULT_BATCH_SIZES)),
               show_default=True, help="Batch sizes of the latency sweep.")
 @click.option("--repeat", type=click.IntRange(min=1), default=20, show_default=True,
@@ -63,7 +62,7 @@ class BatchSizes(click.ParamType):
 @click.option("--tile", type=TileSize(), help="Tile size N or HxW [default: the model's input size].")
 @click.option("--overlap", type=click.IntRange(min=0), help="Tile overlap in pixels [default: the model's].")
 @click.option("--blend", type=click.Choice(BLEND_MODES), help="Blending of overlapping tiles [default: the model's].")
-@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for ONNX Runtime [default: all cores].")
+@click.option("--threads", type=click.IntRange(min=1), help=THREADS_HELP)
 @click.option("--config", type=click.Path(dir_okay=False, path_type=Path),
               help="Training config of a .keras model [default: the one beside it].")
 @click.option("--baseline", type=click.Choice(BASELINES),

@@ -18,7 +18,7 @@ from typing import TextIO
 import click
 
 from flexunet.core.console import handle_errors
-from flexunet.core.errors import EXIT_CODES_HELP, EXIT_SKIPPED, FlexunetError
+from flexunet.core.errors import EXIT_CODES_HELP, EXIT_SKIPPED, FlexunetError, one_line
 from flexunet.core.imageio import expand_inputs, max_image_pixels
 from flexunet.core.modelinfo import ModelInfo
 from flexunet.core.tiling import BLEND_MODES
@@ -82,7 +82,7 @@ class ProgressLine:
             self.stream.write(f"\r{line.ljust(self._width)}")
             self._open = True
         else:
-            self.stream.write(f"{line}  {event.status} {event.path.name}\n")
+            self.stream.write(f"{line}  {event.status} {one_line(event.path.name)}\n")
         self.stream.flush()
 
     def close(self) -> None:
@@ -142,6 +142,14 @@ TILE_HELP = (f"Tile size N or HxW, or 'fit' (dynamic-size models: the tile compu
 OVERLAP_HELP = f"Tile overlap in pixels [default: {model_default('overlap')}, at most half the tile]."
 BLEND_HELP = f"Blending of overlapping tiles [default: {model_default('blend')}]."
 THRESHOLD_HELP = f"Foreground threshold of a binary model [default: {model_default('threshold')}]."
+BACKEND_HELP = ("Inference backend; auto picks the fastest available for the model file. openvino runs an .onnx "
+                "with OpenVINO on the CPU in FP32, openvino-bf16 in BF16 (CPUs with AVX512_BF16 or AMX; "
+                "pip install 'flexunet[openvino]').")
+THREADS_HELP = "CPU threads for ONNX Runtime and OpenVINO [default: all cores]."
+RAY_HELP = ("Run on Ray (pip install 'flexunet[ray]'): --ray alone starts a Ray instance on this machine, "
+            "--ray ADDRESS (auto, ray://HOST:PORT, HOST:PORT) uses that cluster. This process lists the inputs "
+            "and plans the run; a pool of actors, each loading the model once, decodes, segments and writes. "
+            "The inputs and OUT must be on a file system every node sees (a shared mount on a cluster).")
 
 
 @click.command("infer", epilog=EXIT_CODES_HELP)
@@ -149,8 +157,7 @@ THRESHOLD_HELP = f"Foreground threshold of a binary model [default: {model_defau
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder (created if needed).")
-@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
-              help="Inference backend; auto picks the fastest available for the model file.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True, help=BACKEND_HELP)
 @click.option("--tile", type=TileSize(), help=TILE_HELP)
 @click.option("--overlap", type=click.IntRange(min=0), help=OVERLAP_HELP)
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True,
@@ -164,15 +171,23 @@ THRESHOLD_HELP = f"Foreground threshold of a binary model [default: {model_defau
 @click.option("--fill-holes", is_flag=True, help="Fill background holes enclosed by one class.")
 @click.option("--min-size", type=click.IntRange(min=0), default=0, show_default=True,
               help="Remove objects smaller than this many pixels.")
-@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for ONNX Runtime [default: all cores].")
+@click.option("--threads", type=click.IntRange(min=1), help=THREADS_HELP)
 @click.option("--config", type=click.Path(dir_okay=False, path_type=Path),
               help="Training config of a .keras model [default: the one beside it].")
 @click.option("--resume", is_flag=True,
               help="Skip inputs whose outputs are complete (same input content, model, options and tile); "
                    "remove unfinished temporary files of a stopped run.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help=RAY_HELP)
+@click.option("--ray-actors", type=click.IntRange(min=1),
+              help="Segmenter actors of a --ray run [default: one per GPU, else one per CPU / --ray-threads].")
+@click.option("--ray-threads", type=click.IntRange(min=1),
+              help="CPU threads (and CPUs reserved) per actor of a --ray run [default: --threads, else 1 "
+                   "(CPUs only) or the CPUs per GPU, at most 4].")
 @handle_errors
 def infer_cmd(model, inputs, out_dir, backend, tile, overlap, batch_size, blend, whole, threshold,
-              colorize, overlay, probabilities, fill_holes, min_size, threads, config, resume):
+              colorize, overlay, probabilities, fill_holes, min_size, threads, config, resume,
+              ray_address, ray_actors, ray_threads):
     """Segment INPUT images and folders of images with MODEL (.onnx, .keras, .engine/.plan).
 
     Writes OUT/<stem>.png (0/255, or class indices for a multiclass model) per input, plus the
@@ -186,24 +201,48 @@ def infer_cmd(model, inputs, out_dir, backend, tile, overlap, batch_size, blend,
         _infer(model, inputs, out_dir, dict(backend=backend, tile=tile, overlap=overlap, batch_size=batch_size,
                                             blend=blend, whole=whole, threshold=threshold, fill_holes=fill_holes,
                                             min_size=min_size, threads=threads, config=config),
-               dict(colorize=colorize, overlay=overlay, probabilities=probabilities, resume=resume))
+               dict(colorize=colorize, overlay=overlay, probabilities=probabilities, resume=resume),
+               dict(address=ray_address, actors=ray_actors, threads=ray_threads))
 
 
-def _infer(model: Path, inputs: tuple[Path, ...], out_dir: Path, options: dict, outputs: dict) -> None:
+def _infer(model: Path, inputs: tuple[Path, ...], out_dir: Path, options: dict, outputs: dict,
+           ray: dict | None = None) -> None:
     """``flexunet infer``: inputs and output folder checked before the model is loaded."""
+    ray = ray or {}
+    if ray.get("address") is None and (ray.get("actors") or ray.get("threads")):
+        raise FlexunetError("--ray-actors and --ray-threads apply to --ray runs only")
     max_image_pixels()  # a bad $FLEXUNET_MAX_IMAGE_PIXELS is an error before anything runs
     paths = expand_inputs(inputs)
     check_output_folder(inputs, out_dir)
     if not paths:
         raise FlexunetError(f"no images in {', '.join(map(str, inputs))}")
-    with Segmenter(model, **options) as segmenter:
-        click.echo(f"backend: {segmenter.backend.name}", err=True)
-        click.echo(f"tiling: {segmenter.describe()}", err=True)
-        progress = ProgressLine(len(paths), sys.stderr)
-        try:
-            summary = segmenter.segment_files(paths, out_dir, progress=progress, **outputs)
-        finally:
-            progress.close()
+    if ray.get("address") is not None:
+        summary = _infer_on_ray(model, paths, out_dir, options, outputs, ray)
+    else:
+        with Segmenter(model, **options) as segmenter:
+            click.echo(f"backend: {segmenter.backend.name}", err=True)
+            click.echo(f"tiling: {segmenter.describe()}", err=True)
+            progress = ProgressLine(len(paths), sys.stderr)
+            try:
+                summary = segmenter.segment_files(paths, out_dir, progress=progress, **outputs)
+            finally:
+                progress.close()
     click.echo(format_report(summary))
     if summary.skipped:
         sys.exit(EXIT_SKIPPED)
+
+
+def _infer_on_ray(model: Path, paths: list[Path], out_dir: Path, options: dict, outputs: dict,
+                  ray: dict) -> RunSummary:
+    """The run on a Ray cluster (:mod:`flexunet.runtime.ray_engine`, which imports Ray)."""
+    from flexunet.runtime.ray_engine import segment_on_ray
+
+    progress = ProgressLine(len(paths), sys.stderr)
+    try:
+        summary = segment_on_ray(model, paths, out_dir, **ray, options=options, progress=progress,
+                                 echo=lambda line: click.echo(line, err=True), **outputs)
+    finally:
+        progress.close()
+    if summary.backends:
+        click.echo(f"backend: {', '.join(summary.backends)} in each actor", err=True)
+    return summary

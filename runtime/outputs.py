@@ -194,6 +194,15 @@ class Outputs:
         except (OSError, ValueError):
             return False
 
+    def open(self, resume: bool = False) -> None:
+        """Make the output folder; with ``resume``, remove the temporary files a stopped run left."""
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FlexunetError(f"{self.out_dir}: cannot create the output folder ({exc.strerror or exc})") from None
+        if resume:
+            self.remove_stale()
+
     def remove_stale(self) -> list[Path]:
         """Remove the temporary files a stopped run left in the output folder and its records."""
         removed = remove_temporary(self.out_dir) + remove_temporary(self.out_dir / RECORD_DIR)

@@ -24,9 +24,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from flexunet.core.compare import (Comparison, MaskAgreement, ProbDiff, Tolerance, mask_scores, num_labels,
-                                   tolerance_for)
-from flexunet.core.errors import EXIT_FAILED, EXIT_OK, EXIT_SKIPPED, FlexunetError, ImageReadError, ModelError
+from flexunet.core.compare import (TOLERANCES, Comparison, MaskAgreement, ProbDiff, Tolerance, mask_scores,
+                                   num_labels, tolerance_for)
+from flexunet.core.errors import (EXIT_FAILED, EXIT_OK, EXIT_SKIPPED, FlexunetError, ImageReadError, ModelError,
+                                   one_line)
 from flexunet.core.imageio import expand_inputs, read_image
 from flexunet.runtime.backends.base import BACKENDS
 from flexunet.runtime.disagreement_figure import figure_row, label_colors
@@ -184,6 +185,16 @@ def _open_models(ref_spec: ModelSpec, specs: Sequence[ModelSpec], config, opened
                              f"{ref_spec.path} has {ref.info.num_classes}; they cannot be compared")
 
 
+def check_precisions(by_precision: dict[str, float], candidates: Sequence) -> None:
+    """FlexunetError for a ``--min-dice PRECISION=`` that would apply to nothing: a precision neither
+    in the tolerance table nor of a candidate (a typo such as ``int4``)."""
+    have = sorted({seg.info.precision.lower() for seg in candidates})
+    unknown = sorted(set(by_precision) - set(TOLERANCES) - set(have))
+    if unknown:
+        raise FlexunetError(f"--min-dice {unknown[0]}=: no candidate has precision {unknown[0]!r} (they have "
+                            f"{', '.join(have)}; the tolerance table knows {', '.join(TOLERANCES)})")
+
+
 def run_parity(reference: ModelSpec | str, candidates: Sequence[ModelSpec | str], images: Sequence[str | os.PathLike], *,
                masks_dir: str | os.PathLike | None = None, tile=None, overlap: int | None = None,
                blend: str | None = None, batch_size: int = 4, threshold: float | None = None,
@@ -208,7 +219,8 @@ def run_parity(reference: ModelSpec | str, candidates: Sequence[ModelSpec | str]
     Raises:
         FlexunetError: no images, a ``masks_dir`` with no mask named like any of them, a model
             that cannot be loaded or run with this tiling (or whose tile batches cannot fit in
-            memory), models that disagree on the number of classes, or no image could be read.
+            memory), models that disagree on the number of classes, a ``min_dice`` precision no
+            candidate has (and the tolerance table does not know), or no image could be read.
     """
     ref_spec = reference if isinstance(reference, ModelSpec) else ModelSpec.parse(reference)
     specs = [c if isinstance(c, ModelSpec) else ModelSpec.parse(c) for c in candidates]
@@ -228,6 +240,7 @@ def run_parity(reference: ModelSpec | str, candidates: Sequence[ModelSpec | str]
     try:
         _open_models(ref_spec, specs, config, segs, tile, overlap, blend, batch_size=batch_size,
                      threshold=threshold, threads=threads)
+        check_precisions(by_precision, segs[1:])
         run = _Comparer(ref_spec, segs[0], specs, segs[1:],
                         lambda precision: tolerance_for(precision, overall, by_precision, max_abs_diff, per_image),
                         truth, progress or (lambda line: None))
@@ -262,12 +275,12 @@ class _Comparer:
         records, skipped = [], []
         width = len(str(len(paths)))
         for k, path in enumerate(paths, 1):
-            prefix = f"[{k:{width}d}/{len(paths)}] {path.name}"
+            prefix = f"[{k:{width}d}/{len(paths)}] {one_line(path.name)}"
             try:
                 image = read_image(path)
             except ImageReadError as exc:
-                skipped.append((str(path), str(exc)))
-                self.say(f"{prefix}: skipped ({exc})")
+                skipped.append((str(path), one_line(str(exc))))
+                self.say(f"{prefix}: skipped ({skipped[-1][1]})")
                 continue
             rec, notes = self.image(path, image)
             records.append(rec)

@@ -12,7 +12,7 @@ import click
 from flexunet.core.compare import describe_defaults
 from flexunet.core.console import handle_errors
 from flexunet.core.tiling import BLEND_MODES
-from flexunet.runtime.infer_cli import TileSize
+from flexunet.runtime.infer_cli import THREADS_HELP, TileSize
 from flexunet.runtime.parity import run_parity
 from flexunet.runtime.parity_report import candidate_summary, write_reports
 
@@ -38,7 +38,8 @@ EPILOG = (
               help="The reference model (.onnx, .keras, .engine); its tiling is used for every model.")
 @click.option("--candidate", "candidates", required=True, multiple=True, metavar="MODEL[@BACKEND]",
               help="A model to compare with the reference (repeat for several). MODEL@BACKEND picks "
-                   "the backend, e.g. model.onnx@onnxruntime-cpu.")
+                   "the backend (a --backend name of flexunet infer), e.g. model.onnx@onnxruntime-cpu "
+                   "or model.onnx@openvino-bf16.")
 @click.option("--masks", "masks_dir", type=click.Path(file_okay=False, exists=True, path_type=Path),
               help="Ground-truth masks named like the images: adds each model's dice against the truth "
                    "(n/a when no mask could be scored).")
@@ -56,7 +57,7 @@ EPILOG = (
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Tiles per batch.")
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0),
               help="Foreground threshold of binary models [default: each model's].")
-@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for ONNX Runtime [default: all cores].")
+@click.option("--threads", type=click.IntRange(min=1), help=THREADS_HELP)
 @click.option("--config", type=click.Path(dir_okay=False, path_type=Path),
               help="Training config of .keras models [default: the one beside each].")
 @handle_errors

@@ -47,7 +47,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from flexunet.core.errors import FlexunetError, ImageReadError
+from flexunet.core.errors import FlexunetError, ImageReadError, one_line
 from flexunet.runtime.admission import Admission
 from flexunet.runtime.backends.base import Backend
 from flexunet.runtime.layout import Layout
@@ -288,6 +288,7 @@ class Pipeline:
             if status == "done":
                 self._done.append(task)
             else:
+                reason = one_line(reason)  # a file name with a line break stays on its report's line
                 self._skipped.append((task, reason))
             if self._on_slide is not None:
                 self._on_slide(status, task, reason)

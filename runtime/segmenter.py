@@ -34,12 +34,12 @@ from flexunet.runtime.backends import Backend, as_backend, load_backend
 from flexunet.runtime.layout import FIT, FIT_MAX_SIDE, Layout, resolve_layout
 from flexunet.runtime.outputs import (RECORD_DIR, Outputs, check_output_folder, model_digest, output_names,
                                       producer)
-from flexunet.runtime.pipeline import Pipeline, SlideTask
+from flexunet.runtime.pipeline import Pipeline, PipelineResult, SlideCallback, SlideTask
 from flexunet.runtime.segment import predict_image
 
 # Importable from here as before the tiling and the output files had modules of their own.
-__all__ = ["FIT", "FIT_MAX_SIDE", "RECORD_DIR", "ProgressEvent", "RunSummary", "SegmentResult", "Segmenter",
-           "model_digest", "output_names"]
+__all__ = ["FIT", "FIT_MAX_SIDE", "RECORD_DIR", "FolderPlan", "ProgressEvent", "RunSummary", "SegmentResult",
+           "Segmenter", "model_digest", "output_names"]
 
 @dataclass(eq=False)
 class SegmentResult:
@@ -161,6 +161,20 @@ class _Handover:
 
 
 _Decoded = tuple[Path | None, np.ndarray | None, str | None]  # an input decoded ahead: path, image, SHA-256
+
+
+@dataclass
+class FolderPlan:
+    """A folder run before anything is segmented (:meth:`Segmenter.plan_files`): every input with
+    its output name, the run's layout (tile fitted), the output writer, the inputs to segment and
+    those whose outputs are complete, and the input decoded to fit the tile (``first``)."""
+
+    tasks: list[SlideTask]
+    layout: Layout
+    outputs: Outputs
+    todo: list[SlideTask]
+    resumed: list[SlideTask]
+    first: _Decoded = (None, None, None)
 
 
 def _from_layout(name: str, doc: str) -> property:
@@ -296,8 +310,8 @@ class Segmenter:
     def _finish(self, image: np.ndarray, probs: np.ndarray) -> SegmentResult:
         """Probabilities -> labels (threshold or argmax), then the optional clean-up."""
         if probs.shape[-1] != self.info.num_classes:
-            raise ModelError(f"{self.backend.name}: the model gives {probs.shape[-1]} channels but its "
-                             f"metadata says {self.info.num_classes} classes")
+            raise ModelError(f"{self.backend.path or self.backend.name}: the model gives {probs.shape[-1]} "
+                             f"channels but its metadata says {self.info.num_classes} classes")
         labels = masks.labels_from_probabilities(probs, self.threshold)
         if self.min_size > 1:
             labels = postprocess.remove_small_objects(labels, self.min_size)
@@ -334,6 +348,21 @@ class Segmenter:
                       resume: bool = False, progress: ProgressCallback | None = None) -> RunSummary:
         """:meth:`segment_folder` for image files already listed (folders are not expanded:
         ``flexunet infer`` lists its inputs once, with :func:`~flexunet.core.imageio.expand_inputs`)."""
+        plan = self.plan_files(paths, out_dir, colorize=colorize, overlay=overlay, probabilities=probabilities,
+                               resume=resume)
+        report = _Progress(len(plan.tasks), progress)
+        for task in plan.resumed:
+            report("resumed", task)
+        result = self.run_tasks(plan.todo, plan.layout, plan.outputs, on_slide=report, first=plan.first)
+        return RunSummary(done=result.done, skipped=result.skipped, resumed=[t.path for t in plan.resumed],
+                          stage_seconds=result.stage_seconds, wall_seconds=result.wall_seconds)
+
+    def plan_files(self, paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
+                   colorize: bool = False, overlay: bool = False, probabilities: bool = False,
+                   resume: bool = False) -> FolderPlan:
+        """The first half of :meth:`segment_files`: output names, the run's layout, the output
+        folder made (with ``resume``, its stale temporary files removed) and the inputs whose
+        outputs are complete set aside.  :meth:`run_tasks` runs the rest, here or elsewhere."""
         paths = [Path(p) for p in paths]
         tasks = [SlideTask(i, p, n) for i, (p, n) in enumerate(zip(paths, output_names(paths)))]
         layout, first = self._run_layout(tasks)
@@ -341,31 +370,24 @@ class Segmenter:
                           fill_holes=self.fill_holes, min_size=self.min_size)
         outputs = Outputs(Path(out_dir), record, colorize=colorize, overlay=overlay, probabilities=probabilities)
         outputs.check_inputs(tasks)
-        try:
-            outputs.out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise FlexunetError(f"{outputs.out_dir}: cannot create the output folder ({exc.strerror or exc})") from None
-        if resume:
-            outputs.remove_stale()
-        report = _Progress(len(tasks), progress)
-        todo, resumed = [], []
-        for task in tasks:
-            if resume and outputs.is_complete(task):
-                resumed.append(task.path)
-                report("resumed", task)
-            else:
-                todo.append(task)
-        handover = _Handover(*first) if first[0] in {t.path for t in todo} else _Handover(None, None, None)
+        outputs.open(resume)
+        complete = [resume and outputs.is_complete(task) for task in tasks]
+        return FolderPlan(tasks, layout, outputs, todo=[t for t, c in zip(tasks, complete) if not c],
+                          resumed=[t for t, c in zip(tasks, complete) if c], first=first)
+
+    def run_tasks(self, tasks: Sequence[SlideTask], layout: Layout, outputs: Outputs, *,
+                  on_slide: SlideCallback | None = None, first: _Decoded = (None, None, None)) -> PipelineResult:
+        """Segment ``tasks`` with ``layout`` (fitted) and write them with ``outputs``: the second half of
+        :meth:`segment_files` (``first``: an input already decoded, handed to the pipeline)."""
+        handover = _Handover(*first) if first[0] in {t.path for t in tasks} else _Handover(None, None, None)
         pipeline = Pipeline(
             self.backend, layout, read=handover, prepare=self.info.preprocess,
             finish=lambda task, image, probs: self._finish(image, probs),
             write=lambda task, product: outputs.write(task, product, handover.digest(task.path)),
             batch_size=self.batch_size, max_in_flight=self.max_in_flight, readers=self.readers,
-            on_slide=report,
+            on_slide=on_slide,
         )
-        result = pipeline.run(todo)
-        return RunSummary(done=result.done, skipped=result.skipped, resumed=resumed,
-                          stage_seconds=result.stage_seconds, wall_seconds=result.wall_seconds)
+        return pipeline.run(tasks)
 
     def _run_layout(self, tasks: Sequence[SlideTask]) -> tuple[Layout, _Decoded]:
         """The layout of a folder run, and ``(path, image, sha256)`` of the input decoded to choose it.

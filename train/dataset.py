@@ -11,6 +11,7 @@ runs in the ``tf.data`` graph after the cache, so every epoch sees new variants.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import numpy as np
 
 from flexunet.core import tiling
 from flexunet.core.config import Config, SplitConfig
-from flexunet.core.errors import ConfigError
+from flexunet.core.errors import ConfigError, FlexunetError
 from flexunet.core.imageio import IMAGE_EXTENSIONS, list_images, read_image, read_mask
 from flexunet.core.masks import binary_labels, class_labels, one_hot
 from flexunet.core.preprocess import INTERPOLATION_FLAGS, Preprocess
@@ -54,7 +55,8 @@ def find_pairs(images_dir: Path, masks_dir: Path, files: list[str] | None = None
     for img in images:
         mask = masks.get(img.stem)
         if mask is None:
-            raise ConfigError(f"{img}: no mask with the same name in {masks_dir}")
+            raise ConfigError(f"{where}{'mask_datapath: ' if where else ''}{img}: no mask with the same name "
+                              f"in {masks_dir}")
         pairs.append(Pair(img, mask))
     return pairs
 
@@ -109,6 +111,13 @@ class SampleMaker:
         if self.tiling and self.overlap >= min(self.height, self.width):
             raise cfg.error("dataset", "tile_overlap", f"{self.overlap} must be smaller than the "
                             f"model input ({self.height}x{self.width})")
+        self.failure: FlexunetError | None = None  # what stopped a tf.data pass (see data_errors)
+
+    def check(self, pairs: list[Pair]) -> None:
+        """Refuse, before anything is written or trained, a pair whose files cannot be read or whose
+        mask has another size than its image (sizes from the headers)."""
+        for pair in pairs:
+            _check_sizes(pair, image_size(pair.mask), image_size(pair.image))
 
     # -- geometry ---------------------------------------------------------------------------
     def count(self, pair: Pair) -> int:
@@ -134,9 +143,7 @@ class SampleMaker:
     def samples(self, pair: Pair) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         image = read_image(pair.image, channels=3)
         labels = self.labels(pair)
-        if labels.shape != image.shape[:2]:
-            raise ConfigError(f"{pair.mask}: mask size {labels.shape[1]}x{labels.shape[0]} differs "
-                              f"from image size {image.shape[1]}x{image.shape[0]} ({pair.image.name})")
+        _check_sizes(pair, labels.shape, image.shape[:2])
         x_full = self.preprocess(image)
         if not self.tiling:
             if x_full.shape[:2] != (self.height, self.width):
@@ -153,6 +160,26 @@ class SampleMaker:
         for i in range(len(grid)):
             ys, xs = grid.slices(i)
             yield np.ascontiguousarray(x_full[ys, xs]), self.target(labels[ys, xs])
+
+
+def _check_sizes(pair: Pair, mask_hw: tuple[int, int], image_hw: tuple[int, int]) -> None:
+    if tuple(mask_hw) != tuple(image_hw):
+        raise ConfigError(f"{pair.mask}: mask size {mask_hw[1]}x{mask_hw[0]} differs "
+                          f"from image size {image_hw[1]}x{image_hw[0]} ({pair.image.name})")
+
+
+@contextlib.contextmanager
+def data_errors(maker: SampleMaker):
+    """Around a Keras ``fit``/``evaluate`` over :func:`make_tf_dataset`: a data error (an image
+    that cannot be decoded, a mask of another size) that TensorFlow wrapped in an error of its own,
+    with a traceback, is raised as it was: one line naming the file."""
+    maker.failure = None
+    try:
+        yield
+    except Exception:
+        if maker.failure is not None:
+            raise maker.failure from None
+        raise
 
 
 def sample_count(maker: SampleMaker, pairs: list[Pair]) -> int:
@@ -194,7 +221,11 @@ def make_tf_dataset(maker: SampleMaker, pairs: list[Pair], batch_size: int, trai
             np.random.default_rng(seed + epoch[0]).shuffle(order)
             epoch[0] += 1
         for i in order:
-            yield from maker.samples(pairs[i])
+            try:
+                yield from maker.samples(pairs[i])
+            except FlexunetError as exc:  # TensorFlow re-raises it as an error of its own
+                maker.failure = exc
+                raise
 
     ds = tf.data.Dataset.from_generator(generate, output_signature=signature)
     bytes_per_sample = maker.height * maker.width * (c_in + maker.target_channels) * 4

@@ -13,7 +13,7 @@ import numpy as np
 
 from flexunet.core.atomic import write_text
 from flexunet.core.config import Config
-from flexunet.core.errors import ModelError
+from flexunet.core.errors import ModelError, require_model_file
 from flexunet.core.masks import labels_from_probabilities
 from flexunet.core.metrics import dice, per_class_dice
 
@@ -36,19 +36,23 @@ def evaluate(cfg: Config, model_path: Path | None = None) -> Evaluation:
     pairs = ds.split_pairs(cfg, "test")
     if not pairs:
         raise cfg.error("test", "image_datapath", "missing: evaluation needs a [test] split")
-    if not model_path.is_file():
-        raise ModelError(f"{model_path}: no such model file (train first, or pass --model)")
+    require_model_file(model_path, "no such model file (train first, or pass --model)")
+    maker = ds.SampleMaker(cfg)
+    maker.check(pairs)  # masks of another size than their images: refused before the model is loaded
     model = load_keras_model(model_path)
     compile_model(cfg, model)  # the config's loss and metrics, as in training
-    maker = ds.SampleMaker(cfg)
     expected = (cfg.model.image_height, cfg.model.image_width, cfg.model.image_channels)
     got = tuple(model.input_shape[1:])
     if got[2] != expected[2] or (got[0] is not None and got[:2] != expected[:2]):
         raise ModelError(f"{model_path}: model input {got} does not match the config's "
                          f"{expected} ({cfg.path})")
+    if model.output_shape[-1] != cfg.model.num_classes:
+        raise ModelError(f"{model_path}: the model gives {model.output_shape[-1]} output channels but the "
+                         f"config says num_classes = {cfg.model.num_classes} ({cfg.path})")
 
     data, steps = ds.make_tf_dataset(maker, pairs, cfg.train.batch_size, training=False, seed=cfg.seed)
-    values = model.evaluate(data, steps=steps, return_dict=True, verbose=0)
+    with ds.data_errors(maker):
+        values = model.evaluate(data, steps=steps, return_dict=True, verbose=0)
     # seed order: the loss first, then the compiled metrics
     metrics = {"loss": float(values["loss"])}
     metrics.update({k: float(v) for k, v in values.items() if k != "loss"})

@@ -161,6 +161,7 @@ def train(cfg: Config, epochs: int | None = None) -> TrainResult:
         t.epochs = epochs
     splits = training_splits(cfg)
     maker = ds.SampleMaker(cfg)
+    maker.check(splits.train + splits.valid)  # before any output folder is made
     set_seed(cfg.seed)
     _prepare_outputs(cfg)
     data = _datasets(cfg, maker, splits)
@@ -174,7 +175,8 @@ def train(cfg: Config, epochs: int | None = None) -> TrainResult:
 
     start = time.perf_counter()
     try:
-        interrupted = _fit(model, data, t, callbacks, history)
+        with ds.data_errors(maker):
+            interrupted = _fit(model, data, t, callbacks, history)
     except Exception as exc:  # the estimate is a floor: TensorFlow may still run out of memory
         if not _out_of_memory(exc):
             raise

@@ -12,7 +12,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from flexunet.core.errors import FlexunetError, MissingDependencyError, ModelError
+from flexunet.core.errors import FlexunetError, MissingDependencyError, ModelError, require_model_file
 from flexunet.runtime.backends.base import AUTO_BACKEND, BACKENDS, TENSORRT_MISSING, Backend, as_backend
 
 __all__ = ["BACKENDS", "Backend", "as_backend", "load_backend"]
@@ -26,8 +26,9 @@ def load_backend(model_path: str | os.PathLike, backend: str = "auto", threads: 
         model_path: an ``.onnx`` model, a ``.keras`` model, or a TensorRT ``.engine``/``.plan``.
         backend: one of :data:`BACKENDS`.  ``auto`` picks by file type: ONNX Runtime with its
             fastest usable execution provider for ``.onnx``, Keras for ``.keras``, native TensorRT
-            for engines.  ``backend.name`` says what was chosen.
-        threads: CPU threads for ONNX Runtime (default: all cores this process may use).
+            for engines.  ``openvino`` / ``openvino-bf16`` run an ``.onnx`` with OpenVINO on the
+            CPU in FP32 / BF16.  ``backend.name`` says what was chosen.
+        threads: CPU threads for ONNX Runtime and OpenVINO (default: all cores this process may use).
         config: the training config of a ``.keras`` model (default: the
             ``train_eval_infer.config`` beside it); only valid with Keras.
 
@@ -39,8 +40,7 @@ def load_backend(model_path: str | os.PathLike, backend: str = "auto", threads: 
     path = Path(model_path)
     if backend not in BACKENDS:
         raise FlexunetError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if not path.is_file():
-        raise ModelError(f"{path}: no such model file")
+    require_model_file(path)
     suffix = path.suffix.lower()
     if suffix not in AUTO_BACKEND:
         raise ModelError(f"{path}: unsupported model type {suffix or '(no suffix)'!r}; "
@@ -60,6 +60,10 @@ def load_backend(model_path: str | os.PathLike, backend: str = "auto", threads: 
     if suffix != ".onnx":
         hint = "export it to ONNX" if suffix == ".keras" else "use --backend tensorrt"
         raise ModelError(f"{path}: {kind} runs .onnx models; {hint}")
+    if kind.startswith("openvino"):
+        from flexunet.runtime.backends import openvino as openvino_backend
+
+        return openvino_backend.load(path, precision=kind.partition("-")[2] or "fp32", threads=threads)
     from flexunet.runtime.backends import onnx as onnx_backend
 
     return onnx_backend.load(path, provider=kind.partition("-")[2] or None, threads=threads)
@@ -78,4 +82,7 @@ def _load_tensorrt(path: Path) -> Backend:
         module = importlib.import_module(name)
     except ImportError as exc:
         raise MissingDependencyError(f"{path}: {TENSORRT_MISSING} ({exc})") from None
-    return as_backend(module.TensorRTBackend(path), path)
+    try:
+        return as_backend(module.TensorRTBackend(path), path)
+    except MissingDependencyError as exc:  # its reason names no file
+        raise MissingDependencyError(f"{path}: {exc}") from None

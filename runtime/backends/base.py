@@ -6,10 +6,11 @@ context manager).  Everything else -- tiling, batching, blending, post-processin
 code for every backend.
 
 Backend modules are imported only when asked for, so ``import runtime.backends`` needs neither
-onnxruntime, TensorFlow nor TensorRT.  ``runtime.backends.onnx`` and ``runtime.backends.keras``
-provide ``load(path, ...) -> Backend``; ``runtime.backends.tensorrt`` (native engines) provides
-``TensorRTBackend(path)``.  A runner that has the attributes and methods of :class:`Backend`
-without subclassing it is wrapped by :func:`as_backend`.
+onnxruntime, OpenVINO, TensorFlow nor TensorRT.  ``runtime.backends.onnx``,
+``runtime.backends.openvino`` and ``runtime.backends.keras`` provide ``load(path, ...) -> Backend``;
+``runtime.backends.tensorrt`` (native engines) provides ``TensorRTBackend(path)``.  A runner that
+has the attributes and methods of :class:`Backend` without subclassing it is wrapped by
+:func:`as_backend`.
 """
 from __future__ import annotations
 
@@ -23,10 +24,11 @@ from flexunet.core.errors import ModelError
 from flexunet.core.modelinfo import ModelInfo
 
 #: ``--backend`` choices.  ``onnxruntime`` takes the fastest usable execution provider
-#: (TensorRT > CUDA > CPU); the suffixed names ask for one provider explicitly.
+#: (TensorRT > CUDA > CPU); the suffixed names ask for one provider explicitly.  ``openvino`` runs
+#: an ``.onnx`` with OpenVINO's CPU plugin in FP32, ``openvino-bf16`` in BF16 (CPUs with BF16).
 BACKENDS = (
     "auto", "onnxruntime", "onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt",
-    "tensorrt", "keras",
+    "openvino", "openvino-bf16", "tensorrt", "keras",
 )
 
 #: Model file suffix -> backend ``auto`` uses for it.
@@ -114,9 +116,42 @@ def as_backend(runner, path: str | os.PathLike | None = None) -> Backend:
     return runner if isinstance(runner, Backend) else RunnerBackend(runner, path)
 
 
-def check_channels(path: Path, info: ModelInfo, channels) -> None:
-    """ModelError when the model's input channel count (an int, or None if dynamic) disagrees
-    with its metadata."""
+def input_geometry(path: Path, info: ModelInfo, shape, classes=None) -> tuple[int | None, tuple[int, int] | None]:
+    """``(max_batch, fixed_size)`` of a model whose input has ``shape`` (ints for fixed dimensions,
+    anything else for dynamic ones), checked to be NHWC with the metadata's channel count (and its
+    output's channel count ``classes``, if known, with the metadata's classes).
+
+    Raises:
+        ModelError: not a 4-D input, or channels that disagree with the metadata.
+    """
+    shape = list(shape)
+    if len(shape) != 4:
+        raise ModelError(f"{path}: input {info.input_name!r} has shape {shape}; expected NHWC")
+    check_channels(path, info, shape[3], classes)
+    fixed = [d if isinstance(d, int) and d > 0 else None for d in shape[:3]]
+    size = (fixed[1], fixed[2]) if None not in fixed[1:] else None
+    return fixed[0], size
+
+
+def run_in_chunks(run, batch: np.ndarray, step: int | None) -> np.ndarray:
+    """``run`` over ``batch`` in chunks of exactly ``step`` items (the last one zero-padded, its
+    padding dropped from the result); one call when ``step`` is None."""
+    if step is None:
+        return run(batch)
+    outputs = []
+    for start in range(0, len(batch), step):
+        chunk = batch[start:start + step]
+        padding = np.zeros((step - len(chunk), *chunk.shape[1:]), chunk.dtype)
+        outputs.append(run(np.concatenate([chunk, padding]) if len(padding) else chunk)[:len(chunk)])
+    return np.concatenate(outputs)
+
+
+def check_channels(path: Path, info: ModelInfo, channels, classes=None, said_by="its metadata") -> None:
+    """ModelError when the model's input channel count, or its output channel count (``classes``),
+    disagrees with its metadata (or with the config ``said_by``); None (dynamic) is not checked."""
     if isinstance(channels, int) and channels != info.channels:
-        raise ModelError(f"{path}: the model takes {channels} input channels but its metadata "
+        raise ModelError(f"{path}: the model takes {channels} input channels but {said_by} "
                          f"says {info.channels}")
+    if isinstance(classes, int) and classes != info.num_classes:  # else a run would fail at its first batch
+        raise ModelError(f"{path}: the model gives {classes} output channels but {said_by} says "
+                         f"{info.num_classes} class(es)")

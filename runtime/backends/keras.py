@@ -14,7 +14,7 @@ import numpy as np
 
 from flexunet.core.config import CONFIG_FILENAME, load_config
 from flexunet.core.console import import_tensorflow_quietly
-from flexunet.core.errors import MissingDependencyError, ModelError, first_line
+from flexunet.core.errors import MissingDependencyError, ModelError, first_line, require_model_file
 from flexunet.core.modelinfo import ModelInfo
 from flexunet.runtime.backends.base import Backend, check_channels
 
@@ -34,7 +34,7 @@ class KerasBackend(Backend):
     def __init__(self, path: str | os.PathLike, config: str | os.PathLike | None = None):
         self.path = Path(path)
         config_path = Path(config) if config is not None else self.path.parent / CONFIG_FILENAME
-        if not config_path.is_file():
+        if config is None and not config_path.is_file():  # a --config given is read (or refused) as it is
             raise ModelError(f"{self.path}: no {CONFIG_FILENAME} beside the model; pass --config "
                              "with its training config, or export it to ONNX (which carries its own metadata)")
         info = ModelInfo.from_config(load_config(config_path))
@@ -42,7 +42,11 @@ class KerasBackend(Backend):
         import keras
 
         _, height, width, channels = self.model.input_shape
-        check_channels(self.path, info, channels)
+        check_channels(self.path, info, channels, self.model.output_shape[-1], said_by=config_path)
+        if height is not None and width is not None and info.height is not None and \
+                (height, width) != (info.height, info.width):
+            raise ModelError(f"{self.path}: the model takes {height}x{width} inputs but {config_path} says "
+                             f"{info.height}x{info.width}")
         if height is not None and width is not None:
             self.fixed_size = (int(height), int(width))
         info.height, info.width = self.fixed_size or (None, None)
@@ -68,8 +72,7 @@ def load_keras_model(path: str | os.PathLike):
         MissingDependencyError: TensorFlow is not installed.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"{path}: no such model file")
+    require_model_file(path)
     problem = _archive_problem(path)
     if problem:
         raise ModelError(f"{path}: cannot load model: not a Keras archive ({problem})")

@@ -141,12 +141,13 @@ class OnnxBackend(Backend):
         self.info = ModelInfo.from_metadata(self._session.get_modelmeta().custom_metadata_map, str(self.path))
         self.name = f"onnxruntime {self._session.get_providers()[0]}"
         self._input = self._pick(self._session.get_inputs(), self.info.input_name)
-        self._output = self._pick(self._session.get_outputs(), self.info.output_name).name
+        output = self._pick(self._session.get_outputs(), self.info.output_name)
+        self._output = output.name
         self._input_dtype = self._dtype(self._input.type)
         shape = list(self._input.shape)
         if len(shape) != 4:
             raise ModelError(f"{self.path}: input {self._input.name!r} has shape {shape}; expected NHWC")
-        check_channels(self.path, self.info, shape[3])
+        check_channels(self.path, self.info, shape[3], output.shape[-1] if len(output.shape) == 4 else None)
         batch, height, width = shape[:3]
         self.max_batch = batch if isinstance(batch, int) and batch > 0 else None
         if isinstance(height, int) and isinstance(width, int) and height > 0 and width > 0:

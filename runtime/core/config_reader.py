@@ -15,6 +15,8 @@ Structural faults (no ``]``, a value outside any section, no separator) are a on
 from __future__ import annotations
 
 import ast
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +66,9 @@ def read_literals(path: Path) -> dict[str, dict[str, Any]]:
 
 def _read_text(path: Path) -> str:
     try:
+        mode = os.stat(path).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # reading a FIFO would wait for a writer
+            raise ConfigError(f"{path}: not a regular file")
         return path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None

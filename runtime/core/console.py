@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 
-from flexunet.core.errors import EXIT_INTERRUPTED, EXIT_USAGE, FlexunetError
+from flexunet.core.errors import EXIT_INTERRUPTED, EXIT_USAGE, FlexunetError, one_line
 
 INTERRUPTED = "interrupted"
 _FORCE_AFTER = 3  # Ctrl-C presses that end a command at once, even while it is stopping
@@ -75,7 +75,7 @@ def _echo_error(text: str) -> None:
 class _WarningFormatter(logging.Formatter):
     def format(self, record):
         prefix = "warning: " if record.levelno >= logging.WARNING else ""
-        return prefix + record.getMessage()
+        return prefix + one_line(record.getMessage())  # one line, whatever the file names in it
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -136,7 +136,7 @@ def handle_errors(fn):
             if was_interrupted():  # the interruption surfaced as another error on its way out
                 _interrupted()
             if isinstance(exc, FlexunetError):
-                _echo_error(f"error: {exc}")
+                _echo_error(f"error: {one_line(str(exc))}")
                 sys.exit(exc.exit_code)
             missing = exc.name if isinstance(exc, ModuleNotFoundError) and exc.name else ""
             if missing.split(".")[0] in ("tensorflow", "keras", "tf2onnx", "matplotlib"):

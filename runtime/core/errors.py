@@ -6,6 +6,10 @@ the error's ``exit_code``; it never shows a traceback for these.
 """
 from __future__ import annotations
 
+import os
+import stat
+import unicodedata
+
 EXIT_OK = 0
 EXIT_FAILED = 1        # the job ran but its verdict is negative (parity failed, export verification failed)
 EXIT_USAGE = 2         # bad config value, bad option, missing or mismatched model, missing dependency
@@ -26,6 +30,13 @@ def first_line(exc: BaseException | str, limit: int = 300) -> str:
     if not text:
         return type(exc).__name__ if isinstance(exc, BaseException) else ""
     return text.splitlines()[0][:limit]
+
+
+def one_line(text: str) -> str:
+    """``text`` with its control characters escaped (``\\n``, ``\\x1b``...): a report that names a
+    file called ``a\\nb.png`` stays on its one line."""
+    return "".join(ch.encode("unicode_escape").decode("ascii") if unicodedata.category(ch) == "Cc" else ch
+                   for ch in text)
 
 
 class FlexunetError(Exception):
@@ -59,3 +70,15 @@ class VerificationError(FlexunetError):
 
 class MissingDependencyError(FlexunetError):
     """An optional dependency (TensorFlow, TensorRT, a GPU) is not available here."""
+
+
+def require_model_file(path: str | os.PathLike, missing: str = "no such model file") -> None:
+    """ModelError unless ``path`` is a regular file: ``missing`` when nothing is there, else what is
+    (a folder, a FIFO...) instead of a model file."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        raise ModelError(f"{path}: {missing}") from None
+    if not stat.S_ISREG(mode):
+        what = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+        raise ModelError(f"{path}: {what}, not a model file")

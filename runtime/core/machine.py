@@ -12,7 +12,7 @@ from typing import Sequence
 
 #: Libraries whose versions are recorded in reports and model metadata (those installed).
 LIBRARIES = ("flexunet", "numpy", "opencv-python-headless", "onnxruntime-gpu", "onnxruntime", "onnx",
-             "tensorrt", "tensorflow", "keras", "tf2onnx", "psutil", "click", "matplotlib")
+             "openvino", "tensorrt", "tensorflow", "keras", "tf2onnx", "psutil", "click", "matplotlib")
 
 
 def cpu_threads() -> int:
@@ -44,6 +44,11 @@ def cpu_info() -> tuple[str | None, tuple[str, ...]]:
 def cpu_has_vnni() -> bool:
     """Whether this CPU has VNNI (AVX512-VNNI or AVX-VNNI): 8-bit dot products without saturation."""
     return bool(set(cpu_info()[1]) & {"avx512_vnni", "avx_vnni"})
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes in BF16 natively (AVX512_BF16 or AMX-BF16)."""
+    return bool(set(cpu_info()[1]) & {"avx512_bf16", "amx_bf16"})
 
 
 def library_versions(names: Sequence[str] = LIBRARIES) -> dict[str, str]:
