@@ -110,6 +110,10 @@ show_summary   = False
 """
 
 
+def _levels(base_filters: int, num_layers: int) -> str:
+    return f"base_filters   = {base_filters}\nnum_layers     = {num_layers}"
+
+
 def _tiny(model_lines: str) -> str:
     """The [model] lines of a tiny 64x64 one-class model: these keys between the common ones."""
     return _TINY_HEAD.strip() + "\n" + model_lines.strip() + "\n" + _TINY_TAIL.strip()
@@ -135,20 +139,11 @@ loss           = "bce_dice_loss"
 metrics        = ["dice_coef"]
 show_summary   = False
 """),
-    "TensorflowAttentionUNet": _api_config("TensorflowAttentionUNet", _tiny("""
-base_filters   = 4
-num_layers     = 3
-""")),
+    "TensorflowAttentionUNet": _api_config("TensorflowAttentionUNet", _tiny(_levels(4, 3))),
     # UNet3Plus always has 5 levels; num_layers only sets how many filter sizes exist and so the
     # decoder width num_layers * base_filters: 6 as in the seed's own configs.
-    "TensorflowUNet3Plus": _api_config("TensorflowUNet3Plus", _tiny("""
-base_filters   = 2
-num_layers     = 6
-""")),
-    "TensorflowMultiResUNet": _api_config("TensorflowMultiResUNet", _tiny("""
-base_filters   = 8
-num_layers     = 2
-""")),
+    "TensorflowUNet3Plus": _api_config("TensorflowUNet3Plus", _tiny(_levels(2, 6))),
+    "TensorflowMultiResUNet": _api_config("TensorflowMultiResUNet", _tiny(_levels(8, 2))),
     "TensorflowSharpUNet": _api_config("TensorflowSharpUNet", _tiny("""
 filters        = [4, 8]
 max_filter     = 16
@@ -158,14 +153,8 @@ base_filters   = 16
 num_layers     = 6
 """)),
     # DeepLabV3Plus (ResNet50 + 256-wide ASPP) and EfficientNetB7UNet have fixed widths: not tiny.
-    "TensorflowDeepLabV3Plus": _api_config("TensorflowDeepLabV3Plus", _tiny("""
-base_filters   = 16
-num_layers     = 6
-""")),
-    "TensorflowEfficientNetB7UNet": _api_config("TensorflowEfficientNetB7UNet", _tiny("""
-base_filters   = 16
-num_layers     = 6
-""")),
+    "TensorflowDeepLabV3Plus": _api_config("TensorflowDeepLabV3Plus", _tiny(_levels(16, 6))),
+    "TensorflowEfficientNetB7UNet": _api_config("TensorflowEfficientNetB7UNet", _tiny(_levels(16, 6))),
     # The Lizard seed's multiclass Flex UNet (its trainer always saves the whole model).
     "TensorFlowFlexUNet": """; TensorFlowFlexUNet.config: tiny multiclass reference model for flexunet's seed .h5 tests
 ; (made by make_seed_models.py; sections as in the Lizard seed's config)
