@@ -18,7 +18,7 @@ import numpy as np
 from flexunet.core.errors import MissingDependencyError, ModelError, first_line
 from flexunet.core.modelinfo import ModelInfo
 from flexunet.core.machine import cpu_threads
-from flexunet.runtime.backends.base import Backend, check_channels
+from flexunet.runtime.backends.base import Backend, input_geometry, run_in_chunks
 
 #: Execution providers by the short name ``--backend onnxruntime-<name>`` uses, fastest first.
 PROVIDERS = {
@@ -144,14 +144,8 @@ class OnnxBackend(Backend):
         output = self._pick(self._session.get_outputs(), self.info.output_name)
         self._output = output.name
         self._input_dtype = self._dtype(self._input.type)
-        shape = list(self._input.shape)
-        if len(shape) != 4:
-            raise ModelError(f"{self.path}: input {self._input.name!r} has shape {shape}; expected NHWC")
-        check_channels(self.path, self.info, shape[3], output.shape[-1] if len(output.shape) == 4 else None)
-        batch, height, width = shape[:3]
-        self.max_batch = batch if isinstance(batch, int) and batch > 0 else None
-        if isinstance(height, int) and isinstance(width, int) and height > 0 and width > 0:
-            self.fixed_size = (height, width)
+        classes = output.shape[-1] if len(output.shape) == 4 else None
+        self.max_batch, self.fixed_size = input_geometry(self.path, self.info, self._input.shape, classes)
         self._running = None  # RunOptions of the session.run in progress, for interrupt()
 
     @staticmethod
@@ -167,18 +161,7 @@ class OnnxBackend(Backend):
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities for a batch of any size (split or zero-padded to a fixed batch size)."""
-        batch = np.ascontiguousarray(batch, dtype=self._input_dtype)
-        if self.max_batch is None:
-            return self._run(batch)
-        step = self.max_batch
-        outputs = []
-        for start in range(0, len(batch), step):
-            chunk = batch[start:start + step]
-            n = len(chunk)
-            if n < step:
-                chunk = np.concatenate([chunk, np.zeros((step - n, *chunk.shape[1:]), chunk.dtype)])
-            outputs.append(self._run(chunk)[:n])
-        return np.concatenate(outputs)
+        return run_in_chunks(self._run, np.ascontiguousarray(batch, dtype=self._input_dtype), self.max_batch)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         options = self._ort.RunOptions()
