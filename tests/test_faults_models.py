@@ -405,7 +405,7 @@ def test_ctrl_c_handling_of_the_console(case, tmp_path):
 def test_ctrl_c_at_any_moment_is_exit_130_in_one_line(make_onnx, make_images, tmp_path):
     """No traceback, no click ``Aborted!``, exit 130, the last line ``interrupted``, no temporary
     file left -- from the command's first imports to the middle of the run."""
-    make_images(tmp_path / "in", [(96, 96)] * 60)
+    make_images(tmp_path / "in", [(256, 256)] * 60)  # a run of seconds: every moment falls inside it
     model = make_onnx()
     script = Path(sys.executable).with_name("flexunet")
     entries = [["-m", "flexunet"]] + ([[str(script)]] if script.exists() else [])
