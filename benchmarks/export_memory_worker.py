@@ -72,7 +72,7 @@ class _Stages:
 def _build(config):
     import keras
 
-    from flexunet.train.model import build_unet, count_parameters
+    from flexunet.architectures.unet import build_unet, count_parameters
 
     keras.utils.set_random_seed(0)
     model = build_unet(**config)

@@ -180,7 +180,9 @@ def read_inputs(model_path: Path, opts: ExportOptions) -> tuple[ExportContext, d
 
     cfg_path, data_root = find_config(model_path, opts.config, opts.data_root)
     cfg = load_config(cfg_path, data_root=data_root)
-    info = ModelInfo.from_config(cfg, dynamic_size=opts.dynamic_size)
+    from flexunet.architectures import required_multiple
+
+    info = ModelInfo.from_config(cfg, dynamic_size=opts.dynamic_size, multiple=required_multiple(cfg))
     calib, check = _calibration(opts, info)
     model = load_keras_model(model_path)
     _check_model_matches(model, info, model_path, cfg_path)

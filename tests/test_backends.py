@@ -175,7 +175,7 @@ overlapping = 8
 def test_keras_backend_reproduces_the_model(tmp_path):
     pytest.importorskip("tensorflow")
     from flexunet.runtime.segmenter import Segmenter
-    from flexunet.train.model import build_unet
+    from flexunet.architectures.unet import build_unet
 
     folder = tmp_path / "models"
     folder.mkdir()

@@ -155,7 +155,7 @@ def test_summary_warns_for_broken_values_and_still_runs(tmp_path):
 
 
 def test_summary_prints_parameter_count_of_build_unet(tmp_path):
-    from flexunet.train.model import build_unet
+    from flexunet.architectures.unet import build_unet
 
     path = write_config(tmp_path, TINY_MODEL + """\
 num_classes    = 3
@@ -242,7 +242,7 @@ def test_evaluate_corrupt_model(tiny_project, tmp_path, make):
 
 
 def test_evaluate_model_of_other_input_size(tiny_project, tmp_path):
-    from flexunet.train.model import build_unet
+    from flexunet.architectures.unet import build_unet
 
     model = tmp_path / "small.keras"
     build_unet(32, 32, 3, num_layers=3, base_filters=2).save(model)

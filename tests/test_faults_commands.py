@@ -133,7 +133,7 @@ def keras_models(tmp_path_factory) -> list[Path]:
     from flexunet.core.console import import_tensorflow_quietly
 
     import_tensorflow_quietly()
-    from flexunet.train.model import build_unet
+    from flexunet.architectures.unet import build_unet
 
     folder = tmp_path_factory.mktemp("keras")
     for classes in (1, 4):

@@ -12,6 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 #: Where each subpackage lives (setup.cfg's package_dir), bottom layer first.
 LAYERS = (
     ("flexunet.core", REPO / "runtime" / "core"),
+    ("flexunet.architectures", REPO / "train" / "architectures"),
     ("flexunet.runtime", REPO / "runtime"),
     ("flexunet.train", REPO / "train"),
     ("flexunet.export", REPO / "export"),
@@ -29,6 +30,8 @@ def _modules() -> dict[str, Path]:
             rel = path.relative_to(folder).with_suffix("")
             if package == "flexunet.runtime" and rel.parts[0] == "core":
                 continue  # runtime/core is flexunet.core
+            if package == "flexunet.train" and rel.parts[0] == "architectures":
+                continue  # train/architectures is flexunet.architectures
             parts = [p for p in rel.parts if p != "__init__"]
             found[".".join([package, *parts])] = path
     for name in ROOT_MODULES:

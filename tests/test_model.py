@@ -1,4 +1,4 @@
-"""Tests for flexunet.train.model: architecture, parameter counts, schedules and serialisation."""
+"""Tests for flexunet.architectures.unet: architecture, parameter counts, schedules and serialisation."""
 
 import os
 
@@ -8,7 +8,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from flexunet.train.model import build_unet, count_parameters, required_multiple  # noqa: E402
+from flexunet.architectures.unet import build_unet, count_parameters, required_multiple  # noqa: E402
 
 
 def expected_params(channels, num_classes, base_filters, kernel, num_layers, normalization):

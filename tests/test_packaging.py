@@ -99,7 +99,7 @@ def test_user_modules_do_not_shadow_the_keras_backend(user_folder):
     """The Keras backend once imported ``train.losses``, which ran the user's ``train.py``."""
     pytest.importorskip("tensorflow")
     code = ("import keras\n"
-            "from flexunet.train.model import build_unet\n"
+            "from flexunet.architectures.unet import build_unet\n"
             "build_unet(32, 32, 3, num_classes=1, base_filters=2, num_layers=2).save('m/best_model.keras')\n")
     (user_folder / "m").mkdir()
     (user_folder.parent / "m").mkdir()

@@ -8,7 +8,7 @@ The figures are float32 and deliberately a floor, so that only what cannot fit i
   the output of every layer for one batch at the configured input size (what backpropagation keeps;
   TensorFlow's own workspace comes on top).
 
-The parameter count and the layer outputs follow :mod:`flexunet.train.model` exactly (the tests
+The parameter count and the layer outputs follow :mod:`flexunet.architectures.unet` exactly (the tests
 compare them with a built model).  The memory a process may use is what the operating system
 reports available (psutil), read when a command starts.
 """
@@ -46,7 +46,7 @@ class Estimate:
 
 
 def _levels(m: ModelConfig) -> list[tuple[int, int]]:
-    """(filters, kernel side) of each level, as :func:`flexunet.train.model.build_unet` makes them."""
+    """(filters, kernel side) of each level, as :func:`flexunet.architectures.unet.build_unet` makes them."""
     kernel = m.base_kernels[0]
     return [(m.base_filters * 2 ** i, kernel if i == 0 else max(kernel - 2 * i, 3))
             for i in range(m.num_layers)]

@@ -45,22 +45,10 @@ def set_seed(seed: int) -> None:
 
 
 def build_model(cfg: Config, height: int | None = None, width: int | None = None):
-    """The UNet a config describes (``height``/``width`` override the input size, None = any)."""
-    from flexunet.train.model import build_unet
+    """The network a config describes (``height``/``width`` override the configured input size)."""
+    from flexunet.architectures import build
 
-    m = cfg.model
-    try:
-        return build_unet(
-            image_height=m.image_height if height is None else height,
-            image_width=m.image_width if width is None else width,
-            image_channels=m.image_channels, num_classes=m.num_classes,
-            base_filters=m.base_filters, base_kernels=m.base_kernels, num_layers=m.num_layers,
-            dilation=m.dilation, dropout_rate=m.dropout_rate, normalization=m.normalization,
-            input_normalize=m.input_normalize, activation=m.activation,
-            final_activation=m.final_activation, seed=cfg.seed,
-        )
-    except ValueError as exc:
-        raise ConfigError(f"{cfg.path}: [model] {exc}") from None
+    return build(cfg, height, width)
 
 
 def compile_model(cfg: Config, model) -> None:

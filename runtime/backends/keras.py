@@ -37,7 +37,10 @@ class KerasBackend(Backend):
         if config is None and not config_path.is_file():  # a --config given is read (or refused) as it is
             raise ModelError(f"{self.path}: no {CONFIG_FILENAME} beside the model; pass --config "
                              "with its training config, or export it to ONNX (which carries its own metadata)")
-        info = ModelInfo.from_config(load_config(config_path))
+        from flexunet.architectures import required_multiple
+
+        cfg = load_config(config_path)
+        info = ModelInfo.from_config(cfg, multiple=required_multiple(cfg))
         self.model = load_keras_model(self.path)
         import keras
 

@@ -37,7 +37,7 @@ from flexunet.core.config_reader import (
     COLOR_CONVERSIONS, INTERPOLATIONS, SYMBOLS, Unparsable, brief, read_literals,
 )
 from flexunet.core.config_schema import (
-    ACTIVATIONS, SECTION_TYPES, UNET_MODEL_NAMES, Config, DatasetConfig, GeneratorConfig,
+    ACTIVATIONS, MODEL_NAMES, SECTION_TYPES, UNET_MODEL_NAMES, Config, DatasetConfig, GeneratorConfig,
     ImageConfig, InferConfig, MaskConfig, ModelConfig, SegmentationConfig, SplitConfig,
     TiledInferConfig, TrainConfig, check_consistency, class_colors, class_names,
 )
@@ -47,7 +47,7 @@ __all__ = [
     "CONFIG_FILENAME", "load_config", "reroot", "class_colors", "class_names", "ConfigError",
     "Config", "ModelConfig", "SplitConfig", "TrainConfig", "InferConfig", "TiledInferConfig",
     "SegmentationConfig", "ImageConfig", "MaskConfig", "DatasetConfig", "GeneratorConfig",
-    "COLOR_CONVERSIONS", "INTERPOLATIONS", "SYMBOLS", "UNET_MODEL_NAMES", "ACTIVATIONS",
+    "COLOR_CONVERSIONS", "INTERPOLATIONS", "SYMBOLS", "MODEL_NAMES", "UNET_MODEL_NAMES", "ACTIVATIONS",
     "NAMED_COLORS",
 ]
 

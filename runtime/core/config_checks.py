@@ -131,6 +131,15 @@ def number_list(v):
     return [float(x) for x in v]
 
 
+def integer_list(lo: int = 1, optional: bool = False):
+    def check(v):
+        if (not isinstance(v, (list, tuple)) or not v
+                or any(isinstance(x, bool) or not isinstance(x, int) or x < lo for x in v)):
+            raise Invalid(f"expected a list of integers >= {lo}, got {brief(v)}")
+        return [int(x) for x in v]
+    return _optional(check, optional)
+
+
 def symbol(names: tuple[str, ...]):
     """One of the allow-listed OpenCV ``names``, written with or without ``cv2.``; None is off."""
     def check(v):

@@ -12,23 +12,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flexunet.core.config_checks import (
-    boolean, class_color_map, color, integer, key, number, number_list, pair, path_text, string,
-    string_list, symbol,
+    boolean, class_color_map, color, integer, integer_list, key, number, number_list, pair, path_text,
+    string, string_list, symbol,
 )
 from flexunet.core.config_reader import COLOR_CONVERSIONS, INTERPOLATIONS
 from flexunet.core.errors import ConfigError
 from flexunet.core.tiling import BLEND_MODES, DEFAULT_BLEND, DEFAULT_OVERLAP
 
+#: The plain UNet's names (flexunet.architectures.unet): inputs are multiples of 2**(num_layers-1).
 UNET_MODEL_NAMES = (
     "TensorflowUNet", "TensorFlowUNet", "TensorFlowFlexUNet", "TensorflowFlexUNet",
     "TensorflowSlightlyFlexibleUNet", "UNet",
 )
+#: The seed API's other architectures and the Lizard seed's "Flex" family. Which of them flexunet
+#: builds, and why not the others, is flexunet.architectures' business (ARCHITECTURES, REFUSED).
+SEED_MODEL_NAMES = tuple(
+    prefix + arch
+    for arch in ("AttentionUNet", "UNet3Plus", "MultiResUNet", "SharpUNet", "DeepLabV3Plus",
+                 "EfficientUNet", "EfficientNetB7UNet", "TransUNet", "SwinUNet", "U2Net")
+    for prefix in ("Tensorflow", "TensorFlowFlex", "TensorflowFlex")
+)
+MODEL_NAMES = UNET_MODEL_NAMES + SEED_MODEL_NAMES
+EFFICIENTNETS = tuple(f"B{i}" for i in range(8))
 ACTIVATIONS = ("relu", "elu", "selu", "gelu", "silu", "swish", "leaky_relu", "tanh", "mish", "relu6")
 
 
 @dataclass
 class ModelConfig:
-    model: str = key("TensorflowUNet", string(UNET_MODEL_NAMES))
+    model: str = key("TensorflowUNet", string(MODEL_NAMES))
     generator: bool = key(False, boolean)
     image_width: int = key(512, integer(8, 16384))
     image_height: int = key(512, integer(8, 16384))
@@ -49,6 +60,11 @@ class ModelConfig:
     metrics: list = key(["dice_coef"], string_list)
     show_summary: bool = key(False, boolean)
     seed: int = key(137, integer(0))
+    # TensorflowSharpUNet's widths and first kernel; TensorflowEfficientUNet's backbone
+    filters: list | None = key(None, integer_list(1, optional=True))
+    max_filter: int = key(512, integer(1, 65536))
+    base_ksize: tuple = key((3, 3), pair(1, odd=True, equal=True))
+    efficientnet: str = key("B0", string(EFFICIENTNETS))
 
 
 @dataclass
@@ -194,7 +210,7 @@ class Config:
 def check_consistency(cfg: Config) -> None:
     """The checks that span keys: input size vs depth, rgb_map vs num_classes, class_names count."""
     m = cfg.model
-    multiple = 2 ** (m.num_layers - 1)
+    multiple = 2 ** (m.num_layers - 1) if m.model in UNET_MODEL_NAMES else 1  # others: their builder
     for name in ("image_height", "image_width"):
         v = getattr(m, name)
         if v % multiple:

@@ -217,7 +217,9 @@ class ModelInfo:
         return cls.from_json(props[METADATA_KEY], where)
 
     @classmethod
-    def from_config(cls, cfg, dynamic_size: bool = False) -> "ModelInfo":
+    def from_config(cls, cfg, dynamic_size: bool = False, multiple: int | None = None) -> "ModelInfo":
+        """What ``cfg`` says about its model; ``multiple`` is what the network's input sizes must be
+        a multiple of (``flexunet.architectures.required_multiple``; default the plain UNet's)."""
         m = cfg.model
         try:
             text = Path(cfg.path).read_text(encoding="utf-8")
@@ -228,7 +230,7 @@ class ModelInfo:
             width=None if dynamic_size else m.image_width,
             channels=m.image_channels,
             num_classes=m.num_classes,
-            multiple=2 ** (m.num_layers - 1),
+            multiple=multiple if multiple is not None else 2 ** (m.num_layers - 1),
             preprocess=Preprocess.from_config(cfg),
             channel_order="BGR" if m.image_channels == 3 else "GRAY",
             class_names=class_names(cfg),

@@ -20,15 +20,17 @@ from typing import NamedTuple
 
 import keras
 
-__all__ = ["build_unet", "count_parameters", "required_multiple"]
+__all__ = ["build", "build_unet", "count_parameters", "required_multiple"]
 
 
 def required_multiple(num_layers):
-    """Return the factor that input height and width must be a multiple of.
+    """Return the factor that input height and width must be a multiple of (``num_layers`` or a
+    ``[model]`` config section).
 
     A UNet with ``num_layers`` levels max-pools ``num_layers - 1`` times, so spatial sizes must
     be divisible by ``2 ** (num_layers - 1)`` for the skip connections to line up.
     """
+    num_layers = getattr(num_layers, "num_layers", num_layers)
     return 2 ** (num_layers - 1)
 
 
@@ -209,3 +211,15 @@ def build_unet(image_height, image_width, image_channels=3, num_classes=1, base_
     outputs = keras.layers.Conv2D(num_classes, (1, 1), activation=head_activation,
                                   name="probabilities")(x)
     return keras.Model(inputs=inputs, outputs=outputs, name=name)
+
+
+def build(m, height, width, seed=None, *, flex=False):
+    """The registry's entry (see :mod:`flexunet.architectures`): the seed TensorflowUNet and the Lizard
+    seed's TensorFlowFlexUNet are the same network."""
+    del flex
+    return build_unet(
+        image_height=height, image_width=width, image_channels=m.image_channels,
+        num_classes=m.num_classes, base_filters=m.base_filters, base_kernels=m.base_kernels,
+        num_layers=m.num_layers, dilation=m.dilation, dropout_rate=m.dropout_rate,
+        normalization=m.normalization, input_normalize=m.input_normalize, activation=m.activation,
+        final_activation=m.final_activation, seed=seed)
