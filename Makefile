@@ -17,9 +17,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet -e ".[train,dev]"
 	touch $@
 
-# the tests also run the optional engines that install here (OpenVINO, Ray)
+# the tests also run the optional engines that install here (OpenVINO, Ray, whole-slide readers)
 $(VENV)/.installed-extras: $(VENV)/.installed
-	$(PY) -m pip install --quiet -e ".[train,dev,openvino,ray]"
+	$(PY) -m pip install --quiet -e ".[train,dev,openvino,ray,wsi]"
 	touch $@
 
 demo: setup

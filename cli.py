@@ -43,11 +43,14 @@ COMMANDS = {
     "summary": "flexunet.train.cli:summary_cmd",
     "train": "flexunet.train.cli:train_cmd",
     "evaluate": "flexunet.train.cli:evaluate_cmd",
+    "import": "flexunet.train.import_cli:import_cmd",
     "export": "flexunet.export.cli:export_cmd",
     "project": "flexunet.projects.cli:project_cmd",
     "infer": "flexunet.runtime.infer_cli:infer_cmd",
     "parity": "flexunet.runtime.parity_cli:parity_cmd",
     "bench": "flexunet.runtime.bench_cli:bench_cmd",
+    "augment": "flexunet.train.augment_cli:augment_cmd",
+    "tune": "flexunet.runtime.tune_cli:tune_cmd",
 }
 
 

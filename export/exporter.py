@@ -54,6 +54,7 @@ class ExportOptions:
     optimize: bool = False
     int8: bool = False
     calibration_images: Path | list[Path] | None = None  # a folder, or image files
+    calibration_masks: Path | None = None  # their ground-truth masks: the INT8 search by retention
     calibration_count: int = 64
     int8_min_dice: float = INT8_MIN_DICE
     int8_weights: str = "auto"
@@ -66,6 +67,7 @@ class ExportOptions:
     max_batch: int = 8
     triton_repo: Path | None = None
     verify_tiles: int = 16
+    mpp: float | None = None  # microns per pixel of the training images, recorded in the metadata
 
 
 def check_options(model_path: Path, opts: ExportOptions) -> None:
@@ -86,6 +88,10 @@ def check_options(model_path: Path, opts: ExportOptions) -> None:
         raise FlexunetError("--int8 needs --calibration-images DIR (real images to calibrate on)")
     if _calibrates(opts):
         tiles.calibration_paths(opts.calibration_images)
+    if opts.calibration_masks is not None:
+        if not opts.int8:
+            raise FlexunetError("--calibration-masks is for the INT8 search: give it with --int8")
+        tiles.calibration_masks(opts.calibration_images, opts.calibration_masks)
     check_folder(opts.out_dir, "output folder")
     if opts.triton_repo is not None:
         check_folder(opts.triton_repo, "Triton repository")
@@ -128,6 +134,10 @@ def find_config(model_path: Path, config: Path | None, data_root: Path | None) -
     beside = model_path.parent / CONFIG_FILENAME
     if beside.is_file():
         return beside, data_root
+    if model_path.suffix.lower() == ".h5":  # a seed model: <project>/models/best_model.h5
+        from flexunet.architectures.seed_h5 import find_seed_config
+
+        return find_seed_config(model_path), data_root
     raise FlexunetError(f"{model_path}: no {CONFIG_FILENAME} beside the model; pass --config CONFIG "
                         "(it defines pre-processing, classes and colours stored in the export)")
 
@@ -158,18 +168,21 @@ def keras_weights_sha256(model) -> str:
     return h.hexdigest()
 
 
-def _calibration(opts: ExportOptions, info: ModelInfo) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """The calibration tiles and the check tiles the INT8 search holds out of them (None when
-    nothing calibrates, or nothing is held out)."""
+def _calibration(opts: ExportOptions, info: ModelInfo) -> tiles.CalibrationSet | None:
+    """The calibration tiles and the check tiles the INT8 search holds out of them, with their
+    ground-truth label maps when ``calibration_masks`` is given (None when nothing calibrates)."""
     if not _calibrates(opts):
-        return None, None
+        return None
     tune = opts.int8 and opts.int8_target_dice > 0
-    calib = tiles.calibration_tiles(opts.calibration_images, info,
-                                    opts.calibration_count + (INT8_CHECK_TILES if tune else 0))
+    count = opts.calibration_count + (INT8_CHECK_TILES if tune else 0)
+    truth = None
+    if opts.calibration_masks is not None and tune:
+        calib, truth = tiles.labelled_calibration_tiles(opts.calibration_images, opts.calibration_masks, info, count)
+    else:
+        calib = tiles.calibration_tiles(opts.calibration_images, info, count)
     if not tune:
-        return calib, None
-    calib, check = tiles.hold_out(calib, INT8_CHECK_TILES, keep=opts.calibration_count)
-    return calib, (check if len(check) else None)
+        return tiles.CalibrationSet(calib)
+    return tiles.split_calibration(calib, INT8_CHECK_TILES, keep=opts.calibration_count, truth=truth)
 
 
 def read_inputs(model_path: Path, opts: ExportOptions) -> tuple[ExportContext, dict]:
@@ -183,10 +196,11 @@ def read_inputs(model_path: Path, opts: ExportOptions) -> tuple[ExportContext, d
     from flexunet.architectures import required_multiple
 
     info = ModelInfo.from_config(cfg, dynamic_size=opts.dynamic_size, multiple=required_multiple(cfg))
-    calib, check = _calibration(opts, info)
-    model = load_keras_model(model_path)
+    calibration = _calibration(opts, info)
+    model = load_keras_model(model_path, cfg=cfg)  # a seed .h5: rebuilt from cfg, weights loaded by layer
     _check_model_matches(model, info, model_path, cfg_path)
     info.keras_weights_sha256 = keras_weights_sha256(model)
+    info.mpp = opts.mpp
     info.versions = library_versions()
     verify, verify_source = tiles.verification_tiles(cfg, info, opts.verify_tiles)
     keras_probs, t_keras = timed(keras_predict, model, verify)
@@ -196,7 +210,8 @@ def read_inputs(model_path: Path, opts: ExportOptions) -> tuple[ExportContext, d
         "verification_tiles": {"count": int(len(verify)), "source": verify_source, "shape": list(verify.shape[1:])},
         "artifacts": {}, "keras_seconds_for_verification": round(t_keras, 2),
     }
-    return ExportContext(opts, model, info, verify, keras_probs, calib, check), report
+    return ExportContext(opts, model, info, verify, keras_probs, cfg=cfg,
+                         **(vars(calibration) if calibration is not None else {})), report
 
 
 def run_export(model_path: Path, opts: ExportOptions) -> dict:
@@ -210,7 +225,8 @@ def run_export(model_path: Path, opts: ExportOptions) -> dict:
     with Staging(opts.out_dir, *extra) as staging:
         ctx.tmp, ctx.out = staging.tmp, staging.out
         for step in steps:
-            report["artifacts"][step.artifact] = step.build(ctx, staging.tmp / step.artifact)
+            entry = step.build(ctx, staging.tmp / step.artifact)
+            (report["artifacts"] if step.files else report)[step.artifact] = entry  # "tiling": no file
         if opts.triton_repo is not None:
             folder = staging.replacing(Path(opts.triton_repo) / TRITON_MODEL)
             report["triton_repository"] = triton_repository(ctx, folder)

@@ -1,5 +1,12 @@
-"""The mixed-precision search: INT8 with as few convolutions kept in FP32 as it takes to agree with
-the FP32 model, within a budget of estimated FP32 cost."""
+"""The mixed-precision search: INT8 with as few convolutions kept in FP32 as it takes to pass its
+verdict against the FP32 model, within a budget of estimated FP32 cost.
+
+The verdict is the one of :func:`flexunet.core.compare.judge`: agreement with the FP32 model (mask
+dice at the target) on the held-out check tiles, or, when the check tiles come with ground-truth
+masks, accuracy retention (INT8's dice vs truth at least :data:`~flexunet.core.compare.RETENTION` of
+FP32's); the search then gains retention instead of agreement.  The export's calibration sources
+(a folder of images, or a project's training images) are read as images only, so the export runs
+the search by agreement; :func:`tune_int8` takes masks from callers that have them."""
 from __future__ import annotations
 
 import time
@@ -8,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flexunet.core.compare import compare
+from flexunet.core.compare import RETENTION, Verdict, compare, judge, tolerance_for, truth_agreement
 from flexunet.export.int8_quantize import PreparedGraph
 from flexunet.export.int8_rewrites import input_nodes, tensor_dims
 from flexunet.export.onnx import copy_metadata
@@ -52,9 +59,15 @@ class Int8Tuning:
     float_share: float  # estimated FP32 cost (conv_costs) as a share of the convolutions' multiply-adds
     max_float_share: float
     candidates: int
-    sensitivity: dict[str, float]
+    sensitivity: dict[str, float]  # gain in the deciding rule's figure (dice, or retention with masks)
     variants_tried: int
     seconds: float
+    rule: str = "agreement"  # what the search met: "agreement" (dice vs FP32) or "retention" (masks)
+    passed: bool | None = None
+    reference_dice_vs_truth: float | None = None
+    retention_all_int8: float | None = None
+    retention: float | None = None
+    min_retention: float = RETENTION
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -92,98 +105,140 @@ def conv_costs(model, tile: tuple[int, int, int], convert_cost: float = CONVERT_
     return {k: (macs[k] + convert_cost * moved[k]) / total for k in macs}
 
 
+@dataclass(frozen=True)
+class _Score:
+    """A variant judged: its verdict, its agreement dice and the figure the search gains (the
+    deciding rule's: retention with masks, else the dice)."""
+
+    verdict: Verdict
+    dice: float
+
+    @property
+    def value(self) -> float:
+        return self.verdict.retention if self.verdict.rule == "retention" else self.dice
+
+
 class _Variants:
-    """INT8 variants of one prepared graph written to ``dest``, each scored by its mask dice
-    against the FP32 model on the check tiles (calibration reused between variants)."""
+    """INT8 variants of one prepared graph written to ``dest``, each judged against the FP32 model on
+    the check tiles by :func:`~flexunet.core.compare.judge` (calibration reused between variants)."""
 
     def __init__(self, prep: PreparedGraph, dest: Path, tiles: np.ndarray, check: np.ndarray, input_name: str,
-                 threshold: float, method: str, weight_bits: int, float_first_conv: bool):
+                 threshold: float, method: str, weight_bits: int, float_first_conv: bool, target_dice: float,
+                 truth: np.ndarray | None = None, min_retention: float = RETENTION):
         self.prep, self.dest, self.tiles, self.check, self.threshold = prep, dest, tiles, check, threshold
         self.settings = (input_name, method, weight_bits, float_first_conv)
         self.reference = onnx_predict(prep.src, check)
+        self.tolerance = tolerance_for("int8", min_dice=target_dice)
+        self.truth, self.min_retention = truth, min_retention
+        self.reference_vs_truth = truth_agreement(truth, self.reference, threshold).dice if truth is not None else None
         self.tried = 0
 
     def write(self, keep) -> None:
         self.prep.quantize(self.dest, self.tiles, *self.settings, tuple(keep))
 
-    def dice(self, keep) -> float:
+    def score(self, keep) -> _Score:
         self.tried += 1
         self.write(keep)
-        return compare(self.reference, onnx_predict(self.dest, self.check), self.threshold).dice
+        probs = onnx_predict(self.dest, self.check)
+        agreement = compare(self.reference, probs, self.threshold)
+        truth = truth_agreement(self.truth, probs, self.threshold).dice if self.truth is not None else None
+        verdict = judge("int8", agreement, self.tolerance, reference_vs_truth=self.reference_vs_truth,
+                        candidate_vs_truth=truth, min_retention=self.min_retention)
+        return _Score(verdict, agreement.dice)
 
 
 @dataclass
 class _Choice:
-    """The convolutions kept in FP32 so far, the dice with them and their estimated cost."""
+    """The convolutions kept in FP32 so far, their score and their estimated cost."""
 
     keep: list[str]
-    dice: float
+    score: _Score
     share: float = 0.0
 
 
-def _sensitivity(variants: _Variants, candidates: list[str], first: float, say) -> dict[str, float]:
-    """Dice gained when each candidate alone stays FP32."""
+def _sensitivity(variants: _Variants, candidates: list[str], first: _Score, say) -> dict[str, float]:
+    """What each candidate alone in FP32 gains in the deciding rule's figure."""
     sensitivity = {}
     for i, name in enumerate(candidates, 1):
-        sensitivity[name] = round(variants.dice((name,)) - first, 6)
-        say(f"INT8 sensitivity {i}/{len(candidates)}: {name} in FP32 -> dice {first + sensitivity[name]:.4f}")
+        sensitivity[name] = round(variants.score((name,)).value - first.value, 6)
+        say(f"INT8 sensitivity {i}/{len(candidates)}: {name} in FP32 -> {first.verdict.rule} "
+            f"{first.value + sensitivity[name]:.4f}")
     return sensitivity
 
 
 def _keep_in_fp32(variants: _Variants, ranked: list[str], cost: dict[str, float], choice: _Choice,
-                  target_dice: float, max_float: int, max_float_share: float, min_gain: float, say) -> _Choice:
+                  max_float: int, max_float_share: float, min_gain: float, say) -> _Choice:
     """Add ``ranked`` convolutions to the FP32 set one at a time while each gains ``min_gain``,
-    until the target, ``max_float`` or the cost budget is reached."""
+    until the variant passes, ``max_float`` or the cost budget is reached."""
     for name in ranked:
-        if choice.dice >= target_dice or len(choice.keep) >= max_float:
+        if choice.score.verdict.passed or len(choice.keep) >= max_float:
             break
         if choice.share + cost.get(name, 0.0) > max_float_share:
             continue
-        d = variants.dice(choice.keep + [name])
-        if d >= choice.dice + min_gain:
-            choice = _Choice(choice.keep + [name], d, choice.share + cost.get(name, 0.0))
+        s = variants.score(choice.keep + [name])
+        if s.value >= choice.score.value + min_gain:
+            choice = _Choice(choice.keep + [name], s, choice.share + cost.get(name, 0.0))
             say(f"INT8: {len(choice.keep)} convolution(s) in FP32 ({100 * choice.share:.1f}% of multiply-adds) "
-                f"-> dice {d:.4f}")
+                f"-> {s.verdict.rule} {s.value:.4f}")
     return choice
 
 
 def tune_int8(src: Path, dest: Path, tiles: np.ndarray, check: np.ndarray, input_name: str = "image",
               threshold: float = 0.5, target_dice: float = 0.99, weight_bits: int = 8,
               method: str = "minmax", max_float: int = 8, max_float_share: float = MAX_FLOAT_SHARE,
-              float_first_conv: bool = False, min_gain: float = MIN_GAIN, progress=None) -> Int8Tuning:
-    """INT8 with as little FP32 as it takes to agree with FP32 at ``target_dice``.
+              float_first_conv: bool = False, min_gain: float = MIN_GAIN, progress=None,
+              check_truth: np.ndarray | None = None, min_retention: float = RETENTION) -> Int8Tuning:
+    """INT8 with as little FP32 as it takes to pass its verdict against FP32.
 
     Quantises everything first (:func:`~flexunet.export.int8_quantize.quantize_int8`'s defaults)
-    and measures mask dice against the FP32 model on ``check`` tiles, which must not be calibration
-    tiles (the caller holds them out of the calibration images, never the test split).  Below
-    ``target_dice``, each convolution's sensitivity is measured (the dice gained when that one
-    alone stays FP32, calibration reused), and convolutions are kept in FP32 one at a time, the
-    most gain per unit of estimated cost (:func:`conv_costs`) first, each only if it gains at least
-    ``min_gain`` (:data:`MIN_GAIN`), until the target is met, ``max_float`` are, or the next would
-    take the estimated FP32 cost over ``max_float_share`` of the model's multiply-adds (the speed
-    INT8 is for).  The result is written to ``dest`` whatever the dice; the caller judges it.
+    and judges it against the FP32 model on ``check`` tiles, which must not be calibration tiles
+    (the caller holds them out of the calibration images, never the test split), with
+    :func:`~flexunet.core.compare.judge`: mask dice vs FP32 at ``target_dice``, or, with
+    ``check_truth`` (the check tiles' ground-truth label maps, ``NxHxW``), accuracy retention at
+    ``min_retention``.  Until it passes, each convolution's sensitivity is measured (what that one
+    alone in FP32 gains in the deciding rule's figure, calibration reused), and convolutions are
+    kept in FP32 one at a time, the most gain per unit of estimated cost (:func:`conv_costs`)
+    first, each only if it gains at least ``min_gain`` (:data:`MIN_GAIN`), until the variant
+    passes, ``max_float`` are, or the next would take the estimated FP32 cost over
+    ``max_float_share`` of the model's multiply-adds (the speed INT8 is for).  The result is written
+    to ``dest`` whatever its verdict; the caller judges it.
     """
     say = progress or (lambda line: None)
     t0 = time.perf_counter()
     with PreparedGraph(src, dest) as prep:
-        variants = _Variants(prep, dest, tiles, check, input_name, threshold, method, weight_bits, float_first_conv)
-        first = variants.dice(())
-        say(f"INT8: mask dice vs FP32 {first:.4f} on {len(check)} check tiles (target {target_dice})")
+        variants = _Variants(prep, dest, tiles, check, input_name, threshold, method, weight_bits, float_first_conv,
+                             target_dice, check_truth, min_retention)
+        first = variants.score(())
+        say(f"INT8: mask dice vs FP32 {first.dice:.4f} on {len(check)} check tiles; verdict by {first.verdict.rule} "
+            f"({first.verdict.why}): {'pass' if first.verdict.passed else 'fail'}")
         candidates = int8_candidates(prep.model, float_first_conv)
         sensitivity: dict[str, float] = {}
         choice = _Choice([], first)
-        if first < target_dice and max_float > 0:
+        if not first.verdict.passed and max_float > 0:
             cost = conv_costs(prep.model, tuple(check.shape[1:]))
             sensitivity = _sensitivity(variants, candidates, first, say)
             ranked = sorted((n for n in candidates if sensitivity[n] >= min_gain),
                             key=lambda n: -sensitivity[n] / max(cost.get(n, 1.0), 1e-9))
-            choice = _keep_in_fp32(variants, ranked, cost, choice, target_dice, max_float, max_float_share,
-                                   min_gain, say)
+            choice = _keep_in_fp32(variants, ranked, cost, choice, max_float, max_float_share, min_gain, say)
         if variants.tried > 1:  # the last variant tried may not be the one kept
             variants.write(choice.keep)
     copy_metadata(src, dest, precision="int8")
-    return Int8Tuning(target_dice=target_dice, check_tiles=int(len(check)), dice_all_int8=round(first, 6),
-                      dice=round(choice.dice, 6), float_nodes=choice.keep, float_share=round(choice.share, 4),
-                      max_float_share=max_float_share, candidates=len(candidates),
+    return _tuning(first, choice, variants, target_dice, len(candidates), sensitivity, max_float_share, t0)
+
+
+def _tuning(first: _Score, choice: _Choice, variants: _Variants, target_dice: float, candidates: int,
+            sensitivity: dict[str, float], max_float_share: float, t0: float) -> Int8Tuning:
+    verdict = choice.score.verdict
+
+    def rounded(value):
+        return None if value is None else round(value, 6)
+
+    return Int8Tuning(target_dice=target_dice, check_tiles=int(len(variants.check)),
+                      dice_all_int8=round(first.dice, 6), dice=round(choice.score.dice, 6), float_nodes=choice.keep,
+                      float_share=round(choice.share, 4), max_float_share=max_float_share, candidates=candidates,
                       sensitivity=sensitivity, variants_tried=variants.tried,
-                      seconds=round(time.perf_counter() - t0, 2))
+                      seconds=round(time.perf_counter() - t0, 2),
+                      rule=verdict.rule, passed=verdict.passed,
+                      reference_dice_vs_truth=rounded(variants.reference_vs_truth),
+                      retention_all_int8=rounded(first.verdict.retention), retention=rounded(verdict.retention),
+                      min_retention=variants.min_retention)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from flexunet.core.compare import TOLERANCES, compare, tolerance_for
+from flexunet.core.errors import VerificationError, first_line
 from flexunet.core.machine import cpu_has_vnni
 from flexunet.core.modelinfo import ModelInfo
 from flexunet.export import onnx as ox
@@ -62,9 +63,11 @@ class ExportContext:
     keras_probs: np.ndarray
     calib: np.ndarray | None = None
     check: np.ndarray | None = None
+    check_truth: np.ndarray | None = None  # the check tiles' ground-truth label maps (calibration masks)
     tmp: Path | None = None
     out: Path | None = None
     probs: dict[str, np.ndarray] = field(default_factory=dict)
+    cfg: object = None
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,8 @@ class Step:
 
 def plan(opts: ExportOptions) -> list[Step]:
     """The steps ``opts`` asks for, in the order they run (later ones read earlier artifacts)."""
-    steps = [Step(FP32_ONNX, (FP32_ONNX, FP32_ONNX + ".data"), fp32_onnx)]
+    steps = [Step(FP32_ONNX, (FP32_ONNX, FP32_ONNX + ".data"), fp32_onnx),
+             Step("tiling", (), tiling_defaults)]
     if opts.optimize:
         steps.append(Step("model.opt.onnx", ("model.opt.onnx",), optimized_onnx))
     if opts.int8:
@@ -91,15 +95,25 @@ def plan(opts: ExportOptions) -> list[Step]:
     return steps
 
 
-def judge(ctx: ExportContext, what: str, probs: np.ndarray, precision: str) -> dict:
+def judge(ctx: ExportContext, what: str, probs: np.ndarray, precision: str, tuning=None) -> dict:
     """Compare an artifact's probabilities on the verification tiles with Keras's and refuse it
     below its precision's tolerance; INT8 is judged against the FP32 ONNX model instead, at
-    ``--int8-min-dice``.  Returns the report's figures (``vs_keras``, and ``vs_fp32`` for INT8)."""
+    ``--int8-min-dice``, unless its search decided by accuracy retention (calibration masks): the
+    search's verdict on the held-out check tiles then decides (``--int8-min-dice 0`` accepts any
+    model) and the agreement is reported.  Returns the report's figures (``vs_keras``, and
+    ``vs_fp32`` for INT8)."""
     vs_keras = compare(ctx.keras_probs, probs, ctx.info.threshold)
     if precision != "int8":
         require_agreement(vs_keras, TOLERANCES[precision], what, "the Keras model")
         return {"vs_keras": vs_keras.to_dict()}
     vs_fp32 = compare(ctx.probs[FP32_ONNX], probs, ctx.info.threshold)
+    if tuning is not None and tuning.rule == "retention":
+        if not tuning.passed and ctx.opts.int8_min_dice > 0:
+            raise VerificationError(
+                f"{what} keeps {100 * tuning.retention:.2f}% of the FP32 model's dice vs truth on "
+                f"{tuning.check_tiles} held-out calibration tiles (< {100 * tuning.min_retention:g}%, accuracy "
+                "retention decides with --calibration-masks); not written")
+        return {"vs_fp32": vs_fp32.to_dict(), "vs_keras": vs_keras.to_dict()}
     require_agreement(vs_fp32, tolerance_for("int8", min_dice=ctx.opts.int8_min_dice), what, "the FP32 model",
                       " (more or more representative --calibration-images may help)")
     return {"vs_fp32": vs_fp32.to_dict(), "vs_keras": vs_keras.to_dict()}
@@ -113,6 +127,35 @@ def fp32_onnx(ctx: ExportContext, path: Path) -> dict:
             **judge(ctx, path.name, ctx.probs[path.name], "fp32")}
 
 
+def tiling_defaults(ctx: ExportContext, path: Path) -> dict:
+    """The overlap at which tiles agree with a whole-image pass and the activation memory per pixel,
+    measured on ``model.onnx`` (a fixed-size export: on a dynamic-size conversion) and written
+    into its metadata (:mod:`flexunet.export.margin`); later artifacts copy that metadata."""
+    from dataclasses import replace
+
+    from flexunet.export import margin
+
+    onnx_path = ctx.tmp / FP32_ONNX
+    if ctx.info.height is not None:  # fixed size: measure a dynamic-size conversion of the same model
+        onnx_path = ctx.tmp / "tiling-measure.onnx"
+        try:
+            ox.convert(ctx.model, onnx_path, replace(ctx.info, height=None, width=None), ctx.opts.opset)
+        except Exception as exc:  # a network that only traces at a fixed size (bilinear resizes, pooling)
+            for leftover in (onnx_path, onnx_path.with_name(onnx_path.name + ".data")):
+                leftover.unlink(missing_ok=True)
+            reason = f"not measured: the network does not convert at a dynamic size ({first_line(exc, 120)})"
+            log.warning("tiling defaults %s; the config's overlap stays the default", reason)
+            return {"measured_overlap": None, "note": reason}
+    try:
+        entry, seconds = timed(margin.measure, onnx_path, ctx.info, ctx.cfg)
+    finally:
+        if onnx_path.name != FP32_ONNX:
+            for leftover in (onnx_path, onnx_path.with_name(onnx_path.name + ".data")):
+                leftover.unlink(missing_ok=True)
+    margin.write_metadata(ctx.tmp / FP32_ONNX, ctx.info)
+    return {**entry, "seconds": round(seconds, 2)}
+
+
 def optimized_onnx(ctx: ExportContext, path: Path) -> dict:
     """``model.opt.onnx``: ONNX Runtime's offline-optimised graph of ``model.onnx``."""
     _, seconds = timed(ox.optimize, ctx.tmp / FP32_ONNX, path)
@@ -121,9 +164,10 @@ def optimized_onnx(ctx: ExportContext, path: Path) -> dict:
 
 
 def _calibration_record(ctx: ExportContext) -> dict:
-    images = ctx.opts.calibration_images
+    images, masks = ctx.opts.calibration_images, ctx.opts.calibration_masks
     return {"images": [str(p) for p in images] if isinstance(images, (list, tuple)) else str(images),
-            "tiles": int(len(ctx.calib))}
+            "tiles": int(len(ctx.calib)), "masks": None if masks is None else str(masks),
+            "check_tiles_with_truth": 0 if ctx.check_truth is None else int(len(ctx.check_truth))}
 
 
 def int8_onnx(ctx: ExportContext, path: Path) -> dict:
@@ -141,12 +185,13 @@ def int8_onnx(ctx: ExportContext, path: Path) -> dict:
         tuning, seconds = timed(tune_int8, src, path, ctx.calib, ctx.check, ctx.info.input_name,
                                 threshold=ctx.info.threshold, target_dice=opts.int8_target_dice,
                                 weight_bits=bits, max_float=opts.int8_max_float,
-                                max_float_share=opts.int8_max_float_share, progress=log.info)
+                                max_float_share=opts.int8_max_float_share, progress=log.info,
+                                check_truth=ctx.check_truth)
     return {"precision": "int8", "seconds": round(seconds, 2), "bytes": ox.file_size(path),
             "calibration": _calibration_record(ctx), "weight_bits": bits, "cpu_has_vnni": cpu_has_vnni(),
             "float_convolutions": tuning.float_nodes if tuning else [],
-            "tuning": tuning.to_dict() if tuning else None,
-            **judge(ctx, path.name, onnx_predict(path, ctx.tiles), "int8")}
+            "tuning": tuning.to_dict() if tuning else None, "rule": tuning.rule if tuning else "agreement",
+            **judge(ctx, path.name, onnx_predict(path, ctx.tiles), "int8", tuning)}
 
 
 def _at_destination(value, tmp: Path, out: Path):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flexunet.core.compare import Comparison, Tolerance
+from flexunet.core.compare import Comparison, Tolerance, judge
 from flexunet.core.errors import VerificationError
 
 
@@ -42,8 +42,9 @@ def engine_predict(engine_path: Path, tiles: np.ndarray) -> np.ndarray:
 
 def require_agreement(result: Comparison, tolerance: Tolerance, what: str, reference: str, hint: str = "") -> None:
     """Refuse artifact ``what`` (VerificationError, exit 1) when ``result``, its comparison with
-    ``reference``, fails ``tolerance``; ``hint`` says what may help."""
-    failures = tolerance.failures(result)
+    ``reference``, fails ``tolerance``; ``hint`` says what may help.  The verification tiles carry
+    no ground truth, so the verdict (:func:`~flexunet.core.compare.judge`) is by agreement."""
+    failures = judge("", result, tolerance).failures
     if failures:
         raise VerificationError(f"{what} does not reproduce {reference} on {result.items} tiles: "
                                 f"{'; '.join(failures)}{hint}; not written")

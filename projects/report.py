@@ -17,8 +17,30 @@ SUMMARY_END = "<!-- end of summary -->"
 SUMMARY_RESULTS = "*/reduced/results/results.json"
 
 
+#: The measured paths of a project run besides Keras: (throughput key, parity candidate, name).
+PATHS = (("onnx_fp32", "model.onnx", "ONNX Runtime FP32"), ("onnx_int8", "model.int8.onnx", "ONNX Runtime INT8"),
+         ("openvino_fp32", "model.onnx@openvino", "OpenVINO FP32"),
+         ("openvino_bf16", "model.onnx@openvino-bf16", "OpenVINO BF16"))
+NOT_MEASURED = "not measured"
+
+
 def _f(value, fmt=".4f") -> str:
     return "–" if value is None else format(value, fmt)
+
+
+def _pct(value) -> str:
+    return "–" if value is None else f"{100 * value:.2f}%"
+
+
+def _path(r: dict, key: str, label: str) -> tuple[dict | None, dict | None]:
+    """A path's parity figures and throughput, or (None, None) when the run did not measure it."""
+    c, s = r["parity"]["candidates"].get(label), r["throughput"].get(key)
+    return (c, s) if c is not None and s is not None else (None, None)
+
+
+def _why_not(r: dict, key: str) -> str:
+    reason = r["parity"].get("unavailable", {}).get(key)
+    return f"{NOT_MEASURED} ({reason})" if reason else NOT_MEASURED
 
 
 def _training_line(t: dict) -> str:
@@ -38,14 +60,19 @@ def _figures_table(r: dict) -> list[str]:
     lines.append(f"| tiled mask dice vs truth: Keras / ONNX FP32 / ONNX INT8 | {_f(td['keras'])} / "
                  f"{_f(td['fp32'])} / {_f(td['int8'])} |")
     lines.append(f"| seeds' published figure (full dataset and model) | {r['published'] or '–'} |")
-    lines += ["", "| model | mask dice vs Keras | max \\|Δp\\| | flipped % | parity (min dice) | images/s |",
-              "|---|---|---|---|---|---|",
-              f"| Keras | reference | – | – | – | {_f(s['keras']['images_per_s'], '.2f')} |"]
-    for key, file in (("onnx_fp32", "model.onnx"), ("onnx_int8", "model.int8.onnx")):
-        c = p[file]
-        lines.append(f"| ONNX {c['precision'].upper()} | {_f(c['dice_vs_keras'], '.5f')} | {c['max_abs_diff']:.3g} | "
-                     f"{100 * c['flipped_fraction']:.3f} | {c['verdict']} ({c['min_dice']}) | "
-                     f"{_f(s[key]['images_per_s'], '.2f')} |")
+    lines += ["", "| model | mask dice vs Keras | max \\|Δp\\| | flipped % | dice vs truth | retention | "
+              "verdict (rule) | images/s |", "|---|---|---|---|---|---|---|---|",
+              f"| Keras | reference | – | – | {_f(td['keras'])} | – | reference | "
+              f"{_f(s['keras']['images_per_s'], '.2f')} |"]
+    for key, label, name in PATHS:
+        c, speed = _path(r, key, label)
+        if c is None:
+            lines.append(f"| {name} | {_why_not(r, key)} | | | | | | |")
+            continue
+        rule = c.get("rule") or f"agreement, min dice {c['min_dice']}"
+        lines.append(f"| {name} | {_f(c['dice_vs_keras'], '.5f')} | {c['max_abs_diff']:.3g} | "
+                     f"{100 * c['flipped_fraction']:.3f} | {_f(c.get('dice_vs_truth'))} | {_pct(c.get('retention'))} | "
+                     f"{c['verdict']} ({rule}) | {_f(speed['images_per_s'], '.2f')} |")
     return lines
 
 
@@ -54,8 +81,11 @@ def _tuning_line(tuning: dict) -> str:
             f"FP32 ({100 * tuning.get('float_share', 0):.1f}% of multiply-adds): "
             f"{', '.join(tuning['float_nodes']) or 'none'}; "
             f"mask dice vs FP32 on {tuning['check_tiles']} held-out calibration "
-            f"tiles {tuning['dice_all_int8']:.4f} all-INT8, {tuning['dice']:.4f} as exported "
-            f"(target {tuning['target_dice']}).")
+            f"tiles {tuning['dice_all_int8']:.4f} all-INT8, {tuning['dice']:.4f} as exported"
+            + (f"; verdict by accuracy retention (the tiles' masks): {_pct(tuning.get('retention_all_int8'))} "
+               f"all-INT8, {_pct(tuning.get('retention'))} as exported (>= {100 * tuning['min_retention']:g}%)."
+               if tuning.get("rule") == "retention" else
+               f" (target {tuning['target_dice']}; verdict by agreement)."))
 
 
 def results_markdown(r: dict) -> str:
@@ -113,12 +143,23 @@ def _summary_row(r: dict) -> str:
     key = next((k for k in ("dice_coef_multiclass", "dice_coef", "mask_dice") if k in ev), None)
     c, s, t = r["parity"]["candidates"], r["throughput"], r["training"]
     trained = f"{t['seconds'] / 60:.1f} min" if t else "–"
+    openvino = [_openvino_cell(r, key, label) for key, label, _ in PATHS[2:]]
     return (f"| [{r['project']}]({r['project']}/README.md) | {len(r['split']['held_out'])} | "
             f"{key or '–'} {_f(ev.get(key))} | {_f(r['tiled_dice_vs_truth']['keras'])} | "
             f"{_f(c['model.onnx']['dice_vs_keras'], '.5f')} | {_f(c['model.int8.onnx']['dice_vs_keras'], '.4f')} | "
             f"{'pass' if r['parity']['passed'] else 'FAIL'} | "
             f"{_f(s['keras']['images_per_s'], '.2f')} / {_f(s['onnx_fp32']['images_per_s'], '.2f')} / "
-            f"{_f(s['onnx_int8']['images_per_s'], '.2f')} | {trained} | {r['published'] or '–'} |")
+            f"{_f(s['onnx_int8']['images_per_s'], '.2f')} | {' | '.join(openvino)} | {trained} | "
+            f"{r['published'] or '–'} |")
+
+
+def _openvino_cell(r: dict, key: str, label: str) -> str:
+    """images/s, verdict (rule), retention of an OpenVINO path; "not measured" when the run had none."""
+    c, speed = _path(r, key, label)
+    if c is None:
+        return NOT_MEASURED
+    return (f"{_f(speed['images_per_s'], '.2f')}, {c['verdict']} ({c.get('rule', 'agreement')}), "
+            f"{_pct(c.get('retention'))}")
 
 
 def summary_table(projects_dir: Path) -> str:
@@ -132,8 +173,9 @@ def summary_table(projects_dir: Path) -> str:
     if not found:
         raise FlexunetError(f"{projects_dir}: no {SUMMARY_RESULTS} below it; run flexunet project first")
     rows = ["| dataset | held-out | Keras held-out dice (evaluate) | tiled mask dice vs truth | ONNX FP32 dice vs Keras "
-            "| ONNX INT8 dice vs Keras | parity | images/s Keras / FP32 / INT8 | training | seeds' published |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+            "| ONNX INT8 dice vs Keras | parity | images/s Keras / FP32 / INT8 | OpenVINO FP32: images/s, verdict, "
+            "retention | OpenVINO BF16: images/s, verdict, retention | training | seeds' published |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     rows += [_summary_row(json.loads(path.read_text())) for path in found]
     return "\n".join(rows)
 

@@ -1,7 +1,9 @@
 """``flexunet project``: one dataset's whole chain on its real samples, with the commands a user runs.
 
-    train -> evaluate -> export (FP32 + INT8) -> tiled inference on the held-out images
-          -> parity of both ONNX models against Keras (with ground truth) -> throughput
+    train -> evaluate -> export (FP32 + INT8, the INT8 search judged on held-out training tiles with
+          their masks) -> tiled inference on the held-out images -> parity against Keras (with
+          ground truth) of every path that runs here: ONNX Runtime FP32 and INT8, OpenVINO FP32 and
+          BF16 -> images per second of each
 
 A run writes only into the project folder it is given (:class:`Project`): everything goes beside
 the config (``<project>/reduced/`` for the CPU-sized variant): the config's ``model_dir`` and
@@ -24,7 +26,7 @@ from flexunet.core.config import CONFIG_FILENAME, Config, load_config
 from flexunet.core.errors import EXIT_FAILED, EXIT_OK, FlexunetError
 from flexunet.projects.report import SUMMARY_BEGIN, results_markdown, update_readme
 from flexunet.projects.results import project_results, write_results
-from flexunet.runtime.parity import run_parity
+from flexunet.runtime.parity import ModelSpec, run_parity
 from flexunet.runtime.parity_report import write_reports
 
 STEPS = ("train", "evaluate", "export", "infer", "parity", "bench")
@@ -168,23 +170,46 @@ def _infer(onnx: Path, images: list[Path], out: Path):
     return summary
 
 
-def _parity(reference: Path, candidates: list[Path], images: list[Path], masks_dir: Path, config: Path,
+#: The paths a project measures besides Keras: its key in results.json's throughput, and the model
+#: (file of the export and backend; "auto" is ONNX Runtime for an .onnx).
+PATHS = {"onnx_fp32": ("model.onnx", "auto"), "onnx_int8": ("model.int8.onnx", "auto"),
+         "openvino_fp32": ("model.onnx", "openvino"), "openvino_bf16": ("model.onnx", "openvino-bf16")}
+
+
+def _paths(export_dir: Path) -> tuple[dict[str, ModelSpec], dict[str, str]]:
+    """The paths that can run here (:data:`PATHS`, as parity candidates), and why the others cannot
+    (the engines and CPU features :func:`flexunet.runtime.tune.tune_paths` checks)."""
+    from flexunet.runtime.tune import tune_paths
+
+    runnable, skipped = tune_paths(export_dir / "model.onnx")
+    have = {(p.file.name, p.backend) for p in runnable}
+    reasons = {(s["file"], s["backend"]): s["reason"] for s in skipped}
+    specs, missing = {}, {}
+    for key, (file, backend) in PATHS.items():
+        if backend == "auto" or (file, backend) in have:
+            specs[key] = ModelSpec(export_dir / file, backend)
+        else:
+            missing[key] = reasons.get((file, backend)) or reasons.get((file, "openvino"), "not available here")
+    return specs, missing
+
+
+def _parity(reference: Path, candidates: list[ModelSpec], images: list[Path], masks_dir: Path, config: Path,
             out: Path, say: Say):
     report = run_parity(reference, candidates, images, masks_dir=masks_dir, config=config, progress=say)
     write_reports(report, out)
     return report
 
 
-def _throughput(models: dict[str, Path], images: list[Path], config: Path, say: Say) -> dict:
+def _throughput(models: dict[str, ModelSpec], images: list[Path], config: Path, say: Say) -> dict:
     """Images per second end to end (decode to written mask) for each model, the seed-style loop
-    timed in the same run as the FP32 ONNX model."""
+    timed in the same run as the FP32 ONNX model (``flexunet bench``'s measuring)."""
     from flexunet.runtime.bench import run_bench
 
     out = {}
-    for key, model in models.items():
-        baseline = dict(baseline="seed", keras=models["keras"]) if key == "onnx_fp32" else {}
-        data = run_bench(model, images, batch_sizes=(1, 4), repeat=5, warmup=2, runs=2, batch_size=4,
-                         config=config, progress=say, **baseline)
+    for key, spec in models.items():
+        baseline = dict(baseline="seed", keras=models["keras"].path) if key == "onnx_fp32" else {}
+        data = run_bench(spec.path, images, backend=spec.backend, batch_sizes=(1, 4), repeat=5, warmup=2, runs=2,
+                         batch_size=4, config=config, progress=say, **baseline)
         e2e = data["end_to_end"]
         out[key] = {"images_per_s": e2e["slides_per_s"], "tiles_per_s": e2e["tiles_per_s"],
                     "backend": data["model"].get("backend"), "peak_rss_bytes": e2e["peak_rss_bytes"]}
@@ -233,18 +258,22 @@ def run_project(project: Project, data_root: Path | None = None, *, skip_train: 
     export_dir = work / "export"
     report = steps.run("export", run_export, model_path, ExportOptions(
         out_dir=export_dir, config=cfg.path, data_root=data_root, int8=True,
-        calibration_images=[p.image for p in train_pairs], int8_min_dice=0.0))
-    onnx, int8 = export_dir / "model.onnx", export_dir / "model.int8.onnx"
+        calibration_images=[p.image for p in train_pairs], calibration_masks=cfg.train.mask_datapath,
+        int8_min_dice=0.0))
+    onnx = export_dir / "model.onnx"
     steps.run("infer", _infer, onnx, test_images, work / "out")
-    prep = steps.run("parity", _parity, model_path, [onnx, int8], test_images, cfg.test.mask_datapath,
+    paths, unavailable = _paths(export_dir)
+    for key, reason in unavailable.items():
+        say(f"{key}: not measured ({reason})")
+    prep = steps.run("parity", _parity, model_path, list(paths.values()), test_images, cfg.test.mask_datapath,
                      cfg.path, work / "parity", say)
-    speed = steps.run("bench", _throughput, {"keras": model_path, "onnx_fp32": onnx, "onnx_int8": int8},
-                      test_images, cfg.path, say)
+    speed = steps.run("bench", _throughput, {"keras": ModelSpec(model_path), **paths}, test_images, cfg.path, say)
 
     if training is None:
         training = _earlier_training(project.results / "results.json", report["keras_weights_sha256"])
     results = project_results(project.name, cfg, project.config, data_root, started=started, training=training,
                               evaluation=ev, export_report=report, parity=prep, throughput=speed,
+                              unavailable=unavailable,
                               train_images=len(train_pairs), test_images=test_images, step_seconds=steps.times)
     write_results(project.results, results, cfg, onnx, test_pairs, work / "parity")
     update_readme(project.folder / "README.md", results,

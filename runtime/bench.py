@@ -30,6 +30,7 @@ from flexunet.core.errors import FlexunetError
 from flexunet.core.imageio import expand_inputs
 from flexunet.core.machine import cpu_threads
 from flexunet.runtime.backends import Backend, load_backend
+from flexunet.runtime.backends.base import KERAS_SUFFIXES
 from flexunet.runtime.bench_seed import check_baseline, seed_baseline
 from flexunet.runtime.bench_timing import (DEFAULT_BATCH_SIZES, CountingBackend, Progress, end_to_end,
                                            latency_sweep, parse_batch_sizes, sample_tiles)
@@ -134,7 +135,7 @@ def run_bench(model: str | os.PathLike, images: Sequence[str | os.PathLike], *, 
         raise FlexunetError(f"no images in {', '.join(map(str, images))}")
     started, t0 = time.strftime("%Y-%m-%d %H:%M:%S"), time.perf_counter()
     loaded = load_backend(model, backend, threads=threads,
-                          config=config if model.suffix.lower() == ".keras" else None)
+                          config=config if model.suffix.lower() in KERAS_SUFFIXES else None)
     try:
         counter = CountingBackend(loaded)
         probe = _probe(counter, model, tile, overlap, blend, max([*batch_sizes, batch_size or 1]))

@@ -12,6 +12,7 @@ import click
 from flexunet.core.console import handle_errors
 from flexunet.core.errors import EXIT_SKIPPED
 from flexunet.core.tiling import BLEND_MODES
+from flexunet.runtime.autoselect import resolve
 from flexunet.runtime.backends.base import BACKENDS
 from flexunet.runtime.bench import run_bench
 from flexunet.runtime.bench_report import write_reports
@@ -78,6 +79,10 @@ def bench_cmd(model, images, report_dir, backend, batch_sizes, repeat, warmup, r
 
     Writes REPORT_DIR/bench.json, bench.md and bench.png (the chart needs matplotlib).
     """
+    choice = resolve(model, backend)  # auto: the fastest path `flexunet tune` recorded as passing
+    if choice is not None and choice.found:
+        model, backend = choice.path, choice.backend
+        click.echo(choice.line, err=True)
     data = run_bench(model, images, backend=backend, batch_sizes=batch_sizes, repeat=repeat, warmup=warmup,
                      runs=runs, batch_size=batch_size, tile=tile, overlap=overlap, blend=blend, threads=threads,
                      config=config, baseline=baseline, keras=keras, baseline_slides=baseline_slides,

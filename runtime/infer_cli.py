@@ -22,10 +22,13 @@ from flexunet.core.errors import EXIT_CODES_HELP, EXIT_SKIPPED, FlexunetError, o
 from flexunet.core.imageio import expand_inputs, max_image_pixels
 from flexunet.core.modelinfo import ModelInfo
 from flexunet.core.tiling import BLEND_MODES
+from flexunet.runtime.autoselect import resolve
 from flexunet.runtime.backends.base import BACKENDS
-from flexunet.runtime.layout import FIT, FIT_MAX_SIDE
+from flexunet.core.tiling import DEFAULT_OVERLAP
+from flexunet.runtime.layout import DEFAULT_MEMORY_BUDGET, FIT, FIT_MAX_SIDE, MAX_BUDGET_BATCH, parse_bytes
 from flexunet.runtime.outputs import check_output_folder
 from flexunet.runtime.segmenter import ProgressEvent, RunSummary, Segmenter
+from flexunet.runtime.wsi_cli import run_inputs, slide_inputs, slide_options
 
 
 class TileSize(click.ParamType):
@@ -136,13 +139,21 @@ def model_default(field: str) -> str:
 
 
 TILE_HELP = (f"Tile size N or HxW, or 'fit' (dynamic-size models: the tile computing the least area for the "
-             f"first image's size, up to {FIT_MAX_SIDE} px) [default: the model's (its training input size), "
-             f"else {'x'.join(map(str, ModelInfo(None, None, 3, 1).tile_size))}]; a dynamic-size model's tile is "
-             "rounded up to a size it takes.")
-OVERLAP_HELP = f"Tile overlap in pixels [default: {model_default('overlap')}, at most half the tile]."
+             f"first image's size, up to {FIT_MAX_SIDE} px and what --memory-budget allows) [default: a fixed-size "
+             "model's input size; fit for a dynamic-size model]; a dynamic-size model's tile is rounded up to a "
+             "size it takes.")
+OVERLAP_HELP = ("Tile overlap in pixels [default: the model's measured overlap (metadata 'measured_overlap': the "
+                "smallest at which tiles agree with --whole, measured at export), else its config's "
+                f"[tiledinfer] overlapping (metadata 'overlap'), else {DEFAULT_OVERLAP}; at most half the tile].")
+BATCH_HELP = (f"Tiles per batch [default: the most tiles whose input, probabilities and network activations "
+              f"(metadata 'activation_bytes') fit in --memory-budget, at most {MAX_BUDGET_BATCH}; 1 with --whole]; "
+              "at most the model's fixed batch size, if it has one.")
+BUDGET_HELP = (f"Memory for one batch, e.g. 1G, 800M [default: {DEFAULT_MEMORY_BUDGET // 2**30}G, which keeps a run "
+               "of any number of slides under about 2 GiB]; sets the default --batch-size and bounds 'fit' tiles.")
 BLEND_HELP = f"Blending of overlapping tiles [default: {model_default('blend')}]."
 THRESHOLD_HELP = f"Foreground threshold of a binary model [default: {model_default('threshold')}]."
-BACKEND_HELP = ("Inference backend; auto picks the fastest available for the model file. openvino runs an .onnx "
+BACKEND_HELP = ("Inference backend; auto runs the fastest path `flexunet tune` recorded as passing for an .onnx "
+                "(else the exact FP32 ONNX Runtime path) and picks by file type otherwise. openvino runs an .onnx "
                 "with OpenVINO on the CPU in FP32, openvino-bf16 in BF16 (CPUs with AVX512_BF16 or AMX; "
                 "pip install 'flexunet[openvino]').")
 THREADS_HELP = "CPU threads for ONNX Runtime and OpenVINO [default: all cores]."
@@ -160,8 +171,8 @@ RAY_HELP = ("Run on Ray (pip install 'flexunet[ray]'): --ray alone starts a Ray 
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True, help=BACKEND_HELP)
 @click.option("--tile", type=TileSize(), help=TILE_HELP)
 @click.option("--overlap", type=click.IntRange(min=0), help=OVERLAP_HELP)
-@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True,
-              help="Tiles per batch (at most the model's fixed batch size, if it has one).")
+@click.option("--batch-size", type=click.IntRange(min=1), help=BATCH_HELP)
+@click.option("--memory-budget", metavar="SIZE", help=BUDGET_HELP)
 @click.option("--blend", type=click.Choice(BLEND_MODES), help=BLEND_HELP)
 @click.option("--whole", is_flag=True, help="One padded pass over the whole image (dynamic-size models).")
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0), help=THRESHOLD_HELP)
@@ -184,10 +195,11 @@ RAY_HELP = ("Run on Ray (pip install 'flexunet[ray]'): --ray alone starts a Ray 
 @click.option("--ray-threads", type=click.IntRange(min=1),
               help="CPU threads (and CPUs reserved) per actor of a --ray run [default: --threads, else 1 "
                    "(CPUs only) or the CPUs per GPU, at most 4].")
+@slide_options  # --mpp, --slide-mpp, --tissue-mask, --no-tissue-mask (runtime.wsi_cli)
 @handle_errors
-def infer_cmd(model, inputs, out_dir, backend, tile, overlap, batch_size, blend, whole, threshold,
+def infer_cmd(model, inputs, out_dir, backend, tile, overlap, batch_size, memory_budget, blend, whole, threshold,
               colorize, overlay, probabilities, fill_holes, min_size, threads, config, resume,
-              ray_address, ray_actors, ray_threads):
+              ray_address, ray_actors, ray_threads, **slides):
     """Segment INPUT images and folders of images with MODEL (.onnx, .keras, .engine/.plan).
 
     Writes OUT/<stem>.png (0/255, or class indices for a multiclass model) per input, plus the
@@ -196,35 +208,52 @@ def infer_cmd(model, inputs, out_dir, backend, tile, overlap, batch_size, blend,
     2^30), are reported and skipped; every file is written under a temporary name and renamed when
     complete. OUT may not be an input folder or inside one. Ctrl-C or SIGTERM stop the run (exit
     130); --resume then keeps what was complete and removes unfinished temporary files.
+
+    Whole-slide images (.svs .ndpi .mrxs .scn and other OpenSlide formats, pyramidal .tif/.tiff; pip
+    install 'flexunet[wsi]') are read region by region, background skipped by a tissue mask, and
+    give OUT/<stem>.tif (pyramidal labels), <stem>.geojson (QuPath), <stem>_preview.png and
+    <stem>_tissue.png.
     """
     with sigterm_as_interrupt():
         _infer(model, inputs, out_dir, dict(backend=backend, tile=tile, overlap=overlap, batch_size=batch_size,
                                             blend=blend, whole=whole, threshold=threshold, fill_holes=fill_holes,
-                                            min_size=min_size, threads=threads, config=config),
+                                            min_size=min_size, threads=threads, config=config,
+                                            memory_budget=None if memory_budget is None else parse_bytes(memory_budget)),
                dict(colorize=colorize, overlay=overlay, probabilities=probabilities, resume=resume),
-               dict(address=ray_address, actors=ray_actors, threads=ray_threads))
+               dict(address=ray_address, actors=ray_actors, threads=ray_threads), slides)
 
 
 def _infer(model: Path, inputs: tuple[Path, ...], out_dir: Path, options: dict, outputs: dict,
-           ray: dict | None = None) -> None:
+           ray: dict | None = None, slides: dict | None = None) -> None:
     """``flexunet infer``: inputs and output folder checked before the model is loaded."""
     ray = ray or {}
     if ray.get("address") is None and (ray.get("actors") or ray.get("threads")):
         raise FlexunetError("--ray-actors and --ray-threads apply to --ray runs only")
     max_image_pixels()  # a bad $FLEXUNET_MAX_IMAGE_PIXELS is an error before anything runs
     paths = expand_inputs(inputs)
+    paths, slides = slide_inputs(inputs, paths, slides or {}, ray.get("address") is not None)  # + slides
     check_output_folder(inputs, out_dir)
     if not paths:
         raise FlexunetError(f"no images in {', '.join(map(str, inputs))}")
+    choice = resolve(model, options.get("backend", "auto"))  # auto: the path `flexunet tune` recorded
+    if choice is not None and choice.found:
+        model, options = choice.path, {**options, "backend": choice.backend}
+    else:
+        choice = None
     if ray.get("address") is not None:
+        if choice is not None:
+            click.echo(choice.line, err=True)
         summary = _infer_on_ray(model, paths, out_dir, options, outputs, ray)
     else:
         with Segmenter(model, **options) as segmenter:
+            if choice is not None:
+                click.echo(choice.line, err=True)
             click.echo(f"backend: {segmenter.backend.name}", err=True)
             click.echo(f"tiling: {segmenter.describe()}", err=True)
             progress = ProgressLine(len(paths), sys.stderr)
             try:
-                summary = segmenter.segment_files(paths, out_dir, progress=progress, **outputs)
+                summary = run_inputs(segmenter, paths, out_dir, slides, progress=progress, **outputs,
+                                     echo=lambda line: click.echo(line, err=True))
             finally:
                 progress.close()
     click.echo(format_report(summary))

@@ -3,7 +3,18 @@ that decides the tile, overlap and blend of a run.
 
 Each setting comes from the first of: the option given (API argument or command-line option), the
 model (its fixed input size, then the :class:`~flexunet.core.modelinfo.ModelInfo` stored with it),
-the defaults of :class:`~flexunet.core.modelinfo.ModelInfo` for metadata that does not say.  The
+the defaults of :class:`~flexunet.core.modelinfo.ModelInfo` for metadata that does not say:
+
+* tile: the option; a fixed-size model's input size; ``fit`` for a dynamic-size model;
+* overlap: the option; the overlap measured at export (``measured_overlap``: the smallest at which
+  tiles agree with a whole-image pass, :mod:`flexunet.export.margin`); the model's ``overlap`` (its
+  config's ``[tiledinfer] overlapping``); 64;
+* batch: the option; the most tiles whose inputs, probabilities and network activations
+  (``activation_bytes`` per pixel, recorded at export) fit in the memory budget
+  (:func:`budget_batch`; default :data:`DEFAULT_MEMORY_BUDGET`).
+
+Tiles start at multiples of the model's size ``multiple`` (images are padded to it, as for a
+whole-image pass), so every tile pools on the whole image's grid.  The
 geometry itself (grids, padding, windows, :func:`~flexunet.core.tiling.fit_tile`) is
 :mod:`flexunet.core.tiling` and :mod:`flexunet.core.blending`; tiles are never resized.
 """
@@ -21,6 +32,12 @@ from flexunet.core.tiling import BLEND_MODES
 FIT = "fit"            # tile="fit": the tile that computes the least area for the image size
 FIT_MAX_SIDE = 1536    # largest fitted tile side (bounds activation memory)
 FLOAT32 = 4            # bytes per value of model inputs, probabilities, canvases and windows
+#: Memory for the batches of a run (inputs, probabilities and network activations of one batch):
+#: with it a folder run of any length stays under 2 GiB resident (benchmarks/tmm_targets.py).
+DEFAULT_MEMORY_BUDGET = 1 << 30
+#: Activation bytes per input pixel assumed for a model whose metadata does not record them.
+DEFAULT_ACTIVATION_BYTES = 1024
+MAX_BUDGET_BATCH = 8   # a batch picked from the budget has at most this many tiles
 
 
 @dataclass(frozen=True)
@@ -35,6 +52,7 @@ class Layout:
         multiple: whole-image passes pad the image, and fitted tiles are rounded, to a multiple of this.
         fit: the tile is chosen from the image size (:meth:`fitted`); such a layout cuts nothing
             until it is fitted.
+        max_side: largest side of a fitted tile.
     """
 
     tile: tuple[int, int] | None
@@ -42,6 +60,7 @@ class Layout:
     blend: str = "cosine"
     multiple: int = 1
     fit: bool = False
+    max_side: int = FIT_MAX_SIDE
 
     @property
     def whole(self) -> bool:
@@ -53,14 +72,15 @@ class Layout:
         ``height x width`` image (:func:`~flexunet.core.tiling.fit_tile`); any other layout as it is."""
         if not self.fit:
             return self
-        tile = tiling.fit_tile(height, width, self.overlap, self.multiple, FIT_MAX_SIDE)
-        return replace(self, tile=tile, fit=False)
+        overlap = _round_up(self.overlap, self.multiple)  # tiles start on the size multiple
+        tile = tiling.fit_tile(height, width, overlap, self.multiple, max(self.max_side, overlap + self.multiple + 1))
+        return replace(self, tile=tile, fit=False, max_side=FIT_MAX_SIDE)
 
     def cut(self, image: np.ndarray) -> tuple[np.ndarray, tuple[int, int], list[tuple[int, int]], np.ndarray | None]:
         """``(padded image, tile size, tile corners, blending window or None for a whole pass)``.
 
-        The image is reflect-padded at the bottom/right: to a tile when smaller than one, or to
-        ``multiple`` for a whole pass; tiles are never resized.
+        The image is reflect-padded at the bottom/right: to a tile when smaller than one, and to
+        ``multiple`` (as for a whole pass: tiles then start at multiples of it); tiles are never resized.
 
         Raises:
             ValueError: for a ``fit`` layout (fit it to the image first).
@@ -72,7 +92,7 @@ class Layout:
             ph, pw = tiling.padded_size(h, w, 1, 1, self.multiple)
             return tiling.pad_image(image, ph, pw, mode="reflect"), (ph, pw), [(0, 0)], None
         th, tw = self.tile
-        ph, pw, grid = tiling.plan(h, w, th, tw, self.overlap)
+        ph, pw, grid = tiling.plan(h, w, th, tw, self.overlap, self.multiple)
         window = blending.blend_window(th, tw, self.blend, self.overlap)
         return tiling.pad_image(image, ph, pw, mode="reflect"), (th, tw), list(grid), window
 
@@ -128,8 +148,87 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
+def activation_bytes(info: ModelInfo) -> int:
+    """Bytes per input pixel of the network's intermediate tensors: recorded at export (the sum over
+    the graph's tensors, an upper bound of what an engine keeps), else :data:`DEFAULT_ACTIVATION_BYTES`."""
+    return int(info.activation_bytes) if info.activation_bytes else DEFAULT_ACTIVATION_BYTES
+
+
+def batch_tile_bytes(tile: tuple[int, int], info: ModelInfo) -> int:
+    """Bytes one tile adds to a batch: its float32 input and probabilities and the network's
+    activations (:func:`activation_bytes`)."""
+    return int(tile[0]) * int(tile[1]) * (activation_bytes(info) + (info.channels + info.num_classes) * FLOAT32)
+
+
+def budget_batch(tile: tuple[int, int], info: ModelInfo, budget: int | None = None) -> int:
+    """The batch size a memory budget allows: the most ``tile``-sized tiles whose inputs,
+    probabilities and activations (:func:`batch_tile_bytes`) fit in ``budget`` bytes (default
+    :data:`DEFAULT_MEMORY_BUDGET`), at most :data:`MAX_BUDGET_BATCH`; 1 when the model records no
+    activation size and no budget is given, and one tile does not fit the default by the guess.
+
+    Raises:
+        FlexunetError: one line, when not even one tile fits.
+    """
+    given, budget = budget is not None, DEFAULT_MEMORY_BUDGET if budget is None else int(budget)
+    per_tile = batch_tile_bytes(tile, info)
+    if per_tile > budget and not (given or info.activation_bytes):
+        return 1  # the default budget against a guessed activation size: no refusal on a guess
+    if per_tile > budget:
+        raise FlexunetError(f"--memory-budget {format_bytes(budget)} is too small for one {tile[0]}x{tile[1]} tile "
+                            f"(about {format_bytes(per_tile)}: input, probabilities and network activations); "
+                            "raise it or use a smaller --tile")
+    return max(1, min(MAX_BUDGET_BATCH, budget // per_tile))
+
+
+def budget_side(info: ModelInfo, budget: int | None = None) -> int:
+    """The largest fitted tile side (at most :data:`FIT_MAX_SIDE`, a multiple of ``info.multiple``)
+    whose square tile fits in the memory budget; at least one ``multiple``.  Without activation
+    figures in the metadata (or a budget given) the side is :data:`FIT_MAX_SIDE`."""
+    if not info.activation_bytes and budget is None:
+        return FIT_MAX_SIDE
+    budget = DEFAULT_MEMORY_BUDGET if budget is None else int(budget)
+    per_pixel = batch_tile_bytes((1, 1), info)
+    side = int((budget / per_pixel) ** 0.5) // info.multiple * info.multiple
+    return max(info.multiple, min(FIT_MAX_SIDE, side))
+
+
+_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
+def parse_bytes(text: str) -> int:
+    """``"1.5G"``, ``"800M"``, ``"2GiB"`` or a number of bytes -> bytes (binary units).
+
+    Raises:
+        FlexunetError: anything else, or a size below 1 MiB.
+    """
+    value = str(text).strip().lower().removesuffix("ib").removesuffix("b")
+    unit = value[-1:] if value[-1:] in _UNITS and value[-1:] else ""
+    try:
+        number = float(value[:-1] if unit else value)
+    except ValueError:
+        number = -1.0
+    if not number * _UNITS[unit] >= 2**20:
+        raise FlexunetError(f"memory budget must be a size like 1G, 1.5GiB or 800M (at least 1M), got {text!r}")
+    return int(number * _UNITS[unit])
+
+
+def format_bytes(n: int) -> str:
+    """Bytes as GiB (or MiB below 1 GiB), as the memory messages print them."""
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+def default_overlap(info: ModelInfo) -> int:
+    """The model's overlap: measured at export (``measured_overlap``), else its ``overlap``."""
+    return int(info.measured_overlap) if info.measured_overlap is not None else int(info.overlap)
+
+
+def _dynamic(info: ModelInfo, fixed_size) -> bool:
+    return fixed_size is None and info.height is None and info.width is None
+
+
 def _tile(info: ModelInfo, tile, fixed_size: tuple[int, int] | None) -> tuple[int, int] | None:
-    """The tile of a tiled layout: the option, else the model's; None for ``fit``."""
+    """The tile of a tiled layout: the option, else the model's fixed size, else ``fit`` (None) for a
+    dynamic-size model, else the model's tile."""
     if fixed_size is not None:
         fixed = (int(fixed_size[0]), int(fixed_size[1]))
         if tile is not None and (tile == FIT or size_pair(tile, "tile") != fixed):
@@ -137,7 +236,7 @@ def _tile(info: ModelInfo, tile, fixed_size: tuple[int, int] | None) -> tuple[in
             raise FlexunetError(f"the model's input is fixed at {fixed[0]}x{fixed[1]}; tile {shown} is not "
                                 "possible (leave it out)")
         return fixed
-    if tile == FIT:
+    if tile == FIT or (tile is None and _dynamic(info, fixed_size)):
         return None
     th, tw = size_pair(tile, "tile") if tile is not None else info.tile_size
     return _round_up(th, info.multiple), _round_up(tw, info.multiple)
@@ -153,17 +252,21 @@ def tile_source(tile, fixed_size) -> str:
 
 def resolve_layout(info: ModelInfo, tile=None, overlap: int | None = None, blend: str | None = None, *,
                    whole: bool = False, fixed_size: tuple[int, int] | None = None,
-                   image_size: tuple[int, int] | None = None, batch_size: int = 1) -> Layout:
+                   image_size: tuple[int, int] | None = None, batch_size: int = 1,
+                   memory_budget: int | None = None) -> Layout:
     """The layout of a run, from the options given (None: not given), then the model, then defaults.
 
     Args:
         info: the model's metadata: its tile (``info.tile_size``: the training input size, else
-            512), overlap, blend and size ``multiple``.
+            512), overlap (measured at export, else the config's), blend and size ``multiple``.
         tile: ``n``, ``(h, w)`` or ``"fit"`` (:data:`FIT`: the tile computing the least area for
-            the image size, at most :data:`FIT_MAX_SIDE`).  Default: the model's tile.  A
-            dynamic-size model's tile is rounded up to a multiple of ``info.multiple``.
-        overlap: minimum overlap of neighbouring tiles, ``0 <= overlap <`` the tile.  Default: the
-            model's, limited to half the tile (not limited for ``fit``, whose tiles are larger).
+            the image size, at most :data:`FIT_MAX_SIDE` and what ``memory_budget`` allows).
+            Default: the fixed input size of a fixed-size model, ``fit`` for a dynamic-size one,
+            else the model's tile.  A dynamic-size model's tile is rounded up to a multiple of
+            ``info.multiple``.
+        overlap: minimum overlap of neighbouring tiles, ``0 <= overlap <`` the tile.  Default:
+            :func:`default_overlap`, limited to half the tile (not limited for ``fit``, whose tiles
+            are larger).
         blend: one of :data:`~flexunet.core.tiling.BLEND_MODES`.  Default: the model's.
         whole: one pass over the whole image padded to ``info.multiple`` (overlap 0); wins over
             ``tile``.
@@ -172,6 +275,7 @@ def resolve_layout(info: ModelInfo, tile=None, overlap: int | None = None, blend
         image_size: ``(h, w)`` of the image a ``fit`` tile is chosen for; without it a ``fit``
             layout is returned (``layout.fit``: call :meth:`Layout.fitted` per run).
         batch_size: tiles per batch, for the memory check (:func:`check_memory`).
+        memory_budget: bytes for one batch (:func:`budget_side` bounds fitted tiles by it).
 
     Raises:
         FlexunetError: options the model does not allow, out of range, or tile batches that
@@ -186,12 +290,14 @@ def resolve_layout(info: ModelInfo, tile=None, overlap: int | None = None, blend
                                 f"{fixed_size[0]}x{fixed_size[1]} (use tiled inference)")
         return Layout(None, 0, blend, info.multiple)
     size = _tile(info, tile, fixed_size)
-    side = min(size) if size is not None else FIT_MAX_SIDE // 2  # the overlap must stay below it
+    max_side = budget_side(info, memory_budget)
+    side = min(size) if size is not None else max_side // 2  # the overlap must stay below it
     if overlap is None:
-        overlap = int(info.overlap) if size is None else min(int(info.overlap), side // 2)
-    elif not 0 <= overlap < side:
+        overlap = default_overlap(info) if size is None else min(default_overlap(info), side // 2)
+    elif not 0 <= overlap < max(side, 1):
         raise FlexunetError(f"overlap must be at least 0 and smaller than the tile, got {overlap}")
-    layout = Layout(size, int(overlap), blend, info.multiple, fit=size is None)
+    layout = Layout(size, int(overlap), blend, info.multiple, fit=size is None, max_side=max_side)
+    source = "the tile {} fitted to the image" if layout.fit else tile_source(tile, fixed_size)
     layout = layout.fitted(*image_size) if image_size is not None else layout
-    check_memory(layout, info, batch_size, tile_source(tile, fixed_size))
+    check_memory(layout, info, batch_size, source)
     return layout

@@ -44,7 +44,7 @@ from flexunet.runtime.pipeline import InputSkipped, SlideTask
 log = logging.getLogger("flexunet")
 
 RECORD_DIR = ".flexunet_done"
-_NAME_SUFFIXES = ("", "_color", "_overlay", "_prob")  # every output of a stem starts with one of these
+_NAME_SUFFIXES = ("", "_color", "_overlay", "_prob", "_preview", "_tissue")  # outputs of a stem (and a slide's)
 NAME_MAX = 255                                       # bytes in a file name (ext4, xfs, btrfs, tmpfs...)
 _LONGEST_SUFFIX = len("_overlay.png")
 _NAME_ERRORS = {errno.ENAMETOOLONG, errno.EILSEQ, errno.EINVAL}  # write errors caused by a file's name

@@ -4,8 +4,10 @@ For every image and candidate: max and mean ``|Δp|`` (over all probability chan
 and IoU against the reference's mask, the fraction of pixels whose label flipped, and, with ground
 truth masks, each model's dice against the truth; overall, the same figures pooled over all pixels
 of all images (intersections and sums accumulated, not per-image means) and the worst image.  Each
-candidate gets a verdict from the tolerance table of :mod:`flexunet.core.compare` (by its precision),
-whose conventions (per-class booleans, both-empty = 1.0, pooled counts) every figure here follows.
+candidate gets a verdict from :func:`flexunet.core.compare.judge`: agreement with the reference by the
+tolerance table (by its precision), or, for a BF16/FP16/INT8 candidate with ground truth, accuracy
+retention (its dice vs truth at least 99% of the reference's); the report names the rule that decided.
+Every figure follows the comparator's conventions (per-class booleans, both-empty = 1.0, pooled counts).
 The worst image of a candidate is the one with the lowest dice against the reference (ties: more
 flipped pixels, then larger max ``|Δp|``).
 
@@ -24,15 +26,15 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from flexunet.core.compare import (TOLERANCES, Comparison, MaskAgreement, ProbDiff, Tolerance, mask_scores,
-                                   num_labels, tolerance_for)
+from flexunet.core.compare import (RETENTION, TOLERANCES, Comparison, MaskAgreement, ProbDiff, Tolerance, Verdict,
+                                   judge, mask_scores, num_labels, tolerance_for)
 from flexunet.core.errors import (EXIT_FAILED, EXIT_OK, EXIT_SKIPPED, FlexunetError, ImageReadError, ModelError,
                                    one_line)
 from flexunet.core.imageio import expand_inputs, read_image
-from flexunet.runtime.backends.base import BACKENDS
+from flexunet.runtime.backends.base import BACKENDS, KERAS_SUFFIXES
 from flexunet.runtime.disagreement_figure import figure_row, label_colors
 from flexunet.runtime.ground_truth import read_truth, truth_index
-from flexunet.runtime.layout import check_memory, tile_source
+from flexunet.runtime.layout import FIT, check_memory, tile_source
 
 
 # -- tolerances and verdicts -----------------------------------------------------------------------
@@ -113,6 +115,7 @@ class CandidateResult:
     worst_row: np.ndarray | None = None   # its row of worst.png
     worst_size: tuple[int, int] | None = None
     failures: list[str] = field(default_factory=list)
+    verdict: Verdict | None = None  # set when every image is compared
 
     @property
     def passed(self) -> bool:
@@ -155,10 +158,13 @@ class ParityReport:
 
 # -- the run -----------------------------------------------------------------------------------------
 def _open(spec: ModelSpec, config, **options):
+    """A Segmenter of ``spec``; parity compares the file named, so ``auto`` never follows a tune
+    record to another path (:mod:`flexunet.runtime.autoselect`)."""
+    from flexunet.runtime.autoselect import untuned
     from flexunet.runtime.segmenter import Segmenter
 
-    return Segmenter(spec.path, backend=spec.backend,
-                     config=config if spec.path.suffix.lower() == ".keras" else None, **options)
+    return Segmenter(spec.path, backend=untuned(spec.path, spec.backend),
+                     config=config if spec.path.suffix.lower() in KERAS_SUFFIXES else None, **options)
 
 
 def _open_models(ref_spec: ModelSpec, specs: Sequence[ModelSpec], config, opened: list, tile, overlap, blend,
@@ -168,7 +174,7 @@ def _open_models(ref_spec: ModelSpec, specs: Sequence[ModelSpec], config, opened
     ref = _open(ref_spec, config, tile=tile, overlap=overlap, blend=blend, **common)
     opened.append(ref)
     layout = ref.layout()
-    if layout.tile is None:
+    if layout.tile is None and not layout.fit:
         raise FlexunetError("parity compares tiled inference; the reference has no tile size")
     try:
         check_memory(layout, ref.info, ref.batch_size, tile_source(tile, ref.backend.fixed_size))
@@ -176,7 +182,8 @@ def _open_models(ref_spec: ModelSpec, specs: Sequence[ModelSpec], config, opened
         raise FlexunetError(f"{ref_spec.path}: {exc}") from None
     for spec in specs:
         try:
-            seg = _open(spec, config, tile=layout.tile, overlap=layout.overlap, blend=layout.blend, **common)
+            seg = _open(spec, config, tile=FIT if layout.fit else layout.tile, overlap=layout.overlap,
+                        blend=layout.blend, **common)
         except FlexunetError as exc:
             raise type(exc)(f"candidate {spec}: {exc}") from None
         opened.append(seg)
@@ -200,7 +207,8 @@ def run_parity(reference: ModelSpec | str, candidates: Sequence[ModelSpec | str]
                blend: str | None = None, batch_size: int = 4, threshold: float | None = None,
                threads: int | None = None, config: str | os.PathLike | None = None,
                min_dice: Sequence[str] | float | None = None, max_abs_diff: float | None = None,
-               per_image: bool = False, progress: Callable[[str], None] | None = None) -> ParityReport:
+               per_image: bool = False, min_retention: float = RETENTION,
+               progress: Callable[[str], None] | None = None) -> ParityReport:
     """Run the reference and every candidate on ``images`` with the reference's tiling; compare.
 
     Args:
@@ -214,6 +222,8 @@ def run_parity(reference: ModelSpec | str, candidates: Sequence[ModelSpec | str]
         min_dice: ``--min-dice`` values (see :func:`parse_min_dice`) or one float for all.
         max_abs_diff: also fail a candidate whose max ``|Δp|`` exceeds this.
         per_image: also fail a candidate when any image's dice is below its tolerance.
+        min_retention: with ground truth, a BF16/FP16/INT8 candidate passes when its dice vs truth
+            reaches this share of the reference's (agreement is then reported, not decisive).
         progress: called with one line per image.
 
     Raises:
@@ -244,6 +254,7 @@ def run_parity(reference: ModelSpec | str, candidates: Sequence[ModelSpec | str]
         run = _Comparer(ref_spec, segs[0], specs, segs[1:],
                         lambda precision: tolerance_for(precision, overall, by_precision, max_abs_diff, per_image),
                         truth, progress or (lambda line: None))
+        run.min_retention = min_retention
         return run.compare(paths, masks_dir, start)
     finally:
         for seg in segs:
@@ -266,6 +277,7 @@ class _Comparer:
                         for spec, seg in zip(specs, cand_segs)]
         self.ref_truth = MaskAgreement.empty(self.labels) if has_truth else None
         self.truth_missing: list[str] = []
+        self.min_retention = RETENTION
 
     def compare(self, paths: Sequence[Path], masks_dir, start: float) -> ParityReport:
         ref = self.ref
@@ -291,12 +303,17 @@ class _Comparer:
             self.ref_truth = None  # no image was scored against the truth: no truth figure (n/a)
             for r in self.results:
                 r.truth = None
+        ref_truth = self.ref_truth.dice if self.ref_truth is not None else None
         for r in self.results:
-            r.failures = r.tolerance.failures(Comparison(r.pooled, r.diff), r.worst["dice"])
+            r.verdict = judge(r.precision, Comparison(r.pooled, r.diff), r.tolerance, worst_dice=r.worst["dice"],
+                              reference_vs_truth=ref_truth, candidate_vs_truth=r.truth.dice if r.truth else None,
+                              min_retention=self.min_retention)
+            r.failures = list(r.verdict.failures)
         lay = ref.layout()
         return ParityReport(
             reference=self.ref_spec, reference_backend=ref.backend.name, reference_precision=ref.info.precision,
-            layout={"tile": list(lay.tile) if lay.tile else None, "overlap": lay.overlap, "blend": lay.blend,
+            layout={"tile": FIT if lay.fit else list(lay.tile) if lay.tile else None, "overlap": lay.overlap,
+                    "blend": lay.blend,
                     "batch_size": ref.batch_size, "threshold": ref.threshold},
             candidates=self.results, images=records, skipped=skipped, total_images=len(paths),
             masks_dir=str(masks_dir) if masks_dir is not None else None, truth_missing=self.truth_missing,

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import click
 
-from flexunet.core.compare import describe_defaults
+from flexunet.core.compare import RETENTION, describe_defaults
 from flexunet.core.console import handle_errors
 from flexunet.core.tiling import BLEND_MODES
 from flexunet.runtime.infer_cli import THREADS_HELP, TileSize
 from flexunet.runtime.parity import run_parity
-from flexunet.runtime.parity_report import candidate_summary, write_reports
+from flexunet.runtime.parity_report import candidate_summary, verdict_fields, write_reports
 
 _DEFAULTS = describe_defaults()
 
@@ -22,7 +22,10 @@ EPILOG = (
     "Verdict: a candidate passes when its mask dice against the reference, pooled over all pixels of "
     f"all images, reaches its minimum and its max |dp| stays within its limit (by the precision in the model's "
     f"metadata: {_DEFAULTS}; --min-dice and --max-abs-diff replace them), with --per-image every "
-    "image's dice too. "
+    "image's dice too. With --masks, a BF16/FP16/INT8 candidate is judged by accuracy retention instead (the "
+    "MLPerf rule): its dice vs truth must reach --min-retention (99%) of the reference's (99.9% is reported); "
+    "agreement is still reported, and FP32 candidates stay judged by agreement (an FP32 mismatch is a bug). "
+    "The report says which rule decided. "
     "Dice/IoU conventions: both masks empty -> 1.0, one empty -> 0.0; multiclass models are scored on "
     "the mean over foreground classes. "
     "Exit codes: 0 every candidate passes; 1 a candidate fails (takes precedence over 3); "
@@ -50,6 +53,8 @@ EPILOG = (
                    f"(int8=0.98); repeatable [default: {_DEFAULTS}].")
 @click.option("--max-abs-diff", type=click.FloatRange(min=0.0),
               help="Fail a candidate whose max |probability difference| exceeds this [default: by precision, see below].")
+@click.option("--min-retention", type=click.FloatRange(0.0, 1.0), default=RETENTION, show_default=True,
+              help="With --masks: share of the reference's dice vs truth a BF16/FP16/INT8 candidate must keep.")
 @click.option("--per-image", is_flag=True, help="Also fail a candidate if any single image's dice is below its minimum.")
 @click.option("--tile", type=TileSize(), help="Tile size N or HxW [default: the reference's].")
 @click.option("--overlap", type=click.IntRange(min=0), help="Tile overlap in pixels [default: the reference's].")
@@ -61,8 +66,8 @@ EPILOG = (
 @click.option("--config", type=click.Path(dir_okay=False, path_type=Path),
               help="Training config of .keras models [default: the one beside each].")
 @handle_errors
-def parity_cmd(images, reference, candidates, masks_dir, report_dir, min_dice, max_abs_diff, per_image, tile,
-               overlap, blend, batch_size, threshold, threads, config):
+def parity_cmd(images, reference, candidates, masks_dir, report_dir, min_dice, max_abs_diff, min_retention, per_image,
+               tile, overlap, blend, batch_size, threshold, threads, config):
     """Run the --reference and every --candidate model on IMAGES (files and folders) through the
     same tiling and compare: max and mean |dp|, mask dice and IoU against the reference, flipped
     pixels, and with --masks each model's dice against the ground truth.
@@ -72,7 +77,7 @@ def parity_cmd(images, reference, candidates, masks_dir, report_dir, min_dice, m
     """
     report = run_parity(reference, candidates, images, masks_dir=masks_dir, tile=tile, overlap=overlap, blend=blend,
                         batch_size=batch_size, threshold=threshold, threads=threads, config=config,
-                        min_dice=min_dice, max_abs_diff=max_abs_diff, per_image=per_image,
+                        min_dice=min_dice, max_abs_diff=max_abs_diff, per_image=per_image, min_retention=min_retention,
                         progress=lambda line: click.echo(line, err=True))
     files = write_reports(report, report_dir)
     click.echo(_summary(report))
@@ -90,11 +95,15 @@ def _summary(report) -> str:
         s = candidate_summary(c)["overall"]
         truth = "" if report.masks_dir is None else \
             f", dice vs truth {s['dice_vs_truth']:.6f}" if scored else ", dice vs truth n/a"
+        f = verdict_fields(c)
+        kept = "" if f["retention"] is None else f", retention {100 * f['retention']:.2f}%"
         verdict = "PASS" if c.passed else "FAIL (" + "; ".join(c.failures) + ")"
         lines.append(f"{c.spec.label} [{c.precision}]: dice vs reference {s['dice']:.6f} "
                      f"(min {c.tolerance.min_dice}), IoU {s['iou']:.6f}, worst {s['worst_image']} "
                      f"{s['worst_image_dice']:.6f}, max |dp| {s['max_abs_diff']:.3g}, "
-                     f"flipped {100 * s['flipped_fraction']:.4f}%{truth}: {verdict}")
+                     f"flipped {100 * s['flipped_fraction']:.4f}%{truth}{kept}: {verdict}")
+        lines.append(f"  rule: {f['rule']} ({f['why']}); agreement {f['agreement']}"
+                     + (f" ({'; '.join(f['agreement_failures'])})" if f["agreement_failures"] else ""))
     if report.skipped:
         lines.append(f"skipped {len(report.skipped)} unreadable image(s)")
         lines += [f"skipped: {reason}" for _, reason in report.skipped]

@@ -20,8 +20,23 @@ CONVENTIONS = ("dice/IoU: both masks empty -> 1.0, one empty -> 0.0; binary mode
                "multiclass on the mean over foreground classes; overall figures pooled over all pixels of all images")
 
 
+def verdict_fields(c: CandidateResult) -> dict:
+    """The verdict of a candidate beyond pass/fail: the rule that decided and why, agreement (always
+    reported) and retention (with ground truth)."""
+    v = c.verdict
+    if v is None:
+        return {"rule": "agreement", "why": "", "agreement": "pass" if c.passed else "fail",
+                "agreement_failures": list(c.failures), "retention": None}
+    return {k: value for k, value in v.to_dict().items() if k not in ("verdict", "failures")}
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.2f}%"
+
+
 def candidate_summary(c: CandidateResult) -> dict:
-    """One candidate's entry of parity.json: tolerance, pooled figures, worst image, verdict."""
+    """One candidate's entry of parity.json: tolerance, pooled figures, worst image, verdict and the
+    rule that decided it."""
     worst = c.worst or {}
     return {
         "model": str(c.spec), "backend": c.backend, "precision": c.precision,
@@ -37,6 +52,7 @@ def candidate_summary(c: CandidateResult) -> dict:
         },
         "verdict": "pass" if c.passed else "fail",
         "failures": list(c.failures),
+        **verdict_fields(c),
     }
 
 
@@ -73,10 +89,10 @@ def _overall_table(report: ParityReport) -> list[str]:
     ref_truth = _fmt(report.reference_truth.dice if report.reference_truth else None, na)
     lines = [
         "| model | precision | pooled dice vs ref | IoU vs ref | worst image (dice) | max \\|Δp\\| | "
-        "mean \\|Δp\\| | flipped % | dice vs truth | min dice | verdict |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "mean \\|Δp\\| | flipped % | dice vs truth | retention | min dice | rule | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         f"| reference `{report.reference.label}` | {report.reference_precision} | — | — | — | — | — | — | "
-        f"{ref_truth} | — | — |",
+        f"{ref_truth} | — | — | — | — |",
     ]
     for c in report.candidates:
         s = candidate_summary(c)["overall"]
@@ -84,8 +100,8 @@ def _overall_table(report: ParityReport) -> list[str]:
         lines.append(
             f"| `{c.spec.label}` | {c.precision} | {_fmt(s['dice'])} | {_fmt(s['iou'])} | {worst} | "
             f"{s['max_abs_diff']:.3g} | {s['mean_abs_diff']:.3g} | {100 * s['flipped_fraction']:.4f} | "
-            f"{_fmt(s['dice_vs_truth'], na)} | {c.tolerance.min_dice} | "
-            f"{'**pass**' if c.passed else '**FAIL**'} |")
+            f"{_fmt(s['dice_vs_truth'], na)} | {_pct(verdict_fields(c)['retention'])} | {c.tolerance.min_dice} | "
+            f"{verdict_fields(c)['rule']} | {'**pass**' if c.passed else '**FAIL**'} |")
     return lines
 
 
@@ -107,6 +123,7 @@ def report_markdown(report: ParityReport) -> str:
     """parity.md: the overall table, why each failing candidate fails, and the per-image table."""
     lay = report.layout
     tiling = ("whole image" if lay["tile"] is None else
+              f"tiles fitted to each image, overlap {lay['overlap']}, {lay['blend']} blend" if lay["tile"] == "fit" else
               f"tiles {lay['tile'][0]}x{lay['tile'][1]}, overlap {lay['overlap']}, {lay['blend']} blend")
     lines = [
         "# Parity report", "",
@@ -118,7 +135,16 @@ def report_markdown(report: ParityReport) -> str:
         "classes; both masks empty counts as 1.0. Overall figures are pooled over all pixels.", "",
     ]
     lines += _overall_table(report)
+    lines += ["", "Verdicts: agreement with the reference (the tolerance table) decides, except for a BF16/FP16/INT8 "
+                  "candidate with ground truth: accuracy retention (dice vs truth >= --min-retention, 99% by "
+                  "default, of the reference's: the MLPerf rule; 99.9% reported). Agreement is reported for every "
+                  "candidate."]
     for c in report.candidates:
+        f = verdict_fields(c)
+        lines.append(f"- `{c.spec.label}`: {f['rule']} decided ({f['why']}); agreement {f['agreement']}"
+                     + (f" ({'; '.join(f['agreement_failures'])})" if f["agreement_failures"] else "")
+                     + (f", retention {_pct(f['retention'])} (99.9%: {'yes' if f.get('retains_99_9') else 'no'})"
+                        if f["retention"] is not None else ""))
         lines += [f"\n`{c.spec.label}` fails: {reason}" for reason in c.failures]
     missing = report.truth_missing
     if missing:

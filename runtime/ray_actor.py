@@ -56,6 +56,10 @@ def model_files(model: Path, config: Path | None = None) -> dict[str, Path]:
         config = config if config is not None else model.with_name(CONFIG_FILENAME)
         if config.is_file():
             files[CONFIG_FILENAME] = config
+    elif model.suffix.lower() == ".h5":  # its config is beside it or in the parent folder
+        from flexunet.architectures.seed_h5 import find_seed_config
+
+        files[CONFIG_FILENAME] = find_seed_config(model, config)
     return files
 
 

@@ -31,7 +31,7 @@ from flexunet.core.imageio import expand_inputs, read_image
 from flexunet.core.modelinfo import ModelInfo
 from flexunet.runtime import postprocess
 from flexunet.runtime.backends import Backend, as_backend, load_backend
-from flexunet.runtime.layout import FIT, FIT_MAX_SIDE, Layout, resolve_layout
+from flexunet.runtime.layout import FIT, FIT_MAX_SIDE, Layout, budget_batch, resolve_layout
 from flexunet.runtime.outputs import (RECORD_DIR, Outputs, check_output_folder, model_digest, output_names,
                                       producer)
 from flexunet.runtime.pipeline import Pipeline, PipelineResult, SlideCallback, SlideTask
@@ -188,19 +188,23 @@ class Segmenter:
     pass), then threshold/argmax and optional clean-up, all as the model's metadata says.
 
     Args:
-        model: an ``.onnx``, ``.keras`` or TensorRT ``.engine``/``.plan`` file, or a loaded
+        model: an ``.onnx``, ``.keras``, seed API ``.h5`` or TensorRT ``.engine``/``.plan`` file, or a loaded
             backend (a :class:`~flexunet.runtime.backends.base.Backend` or a runner with the same
             attributes; not closed by :meth:`close`).
-        backend: see :data:`~flexunet.runtime.backends.base.BACKENDS`; ``auto`` picks the fastest
-            available.
+        backend: see :data:`~flexunet.runtime.backends.base.BACKENDS`; ``auto`` runs, for an
+            ``.onnx``, the fastest path ``flexunet tune`` recorded beside it as passing its verdict
+            (:mod:`~flexunet.runtime.autoselect`; logged at INFO, ``backend.path``/``backend.name`` say
+            what runs), else the exact FP32 ONNX Runtime path; by file type for other models.
         tile: tile size ``n`` or ``(h, w)``, or ``"fit"`` (dynamic-size models: the tile computing
             the least area for the image size; a folder run fits it to its first readable input).
             Default: the model's (its training input size).  A model with a fixed input size only
             takes that size; for a dynamic-size model the tile is rounded up to a multiple of
             ``info.multiple`` (larger tiles: fewer seams, bigger batches).
-        overlap: minimum overlap of neighbouring tiles in pixels.  Default: the model's (else 64),
-            limited to half the tile.
-        batch_size: tiles per ``predict`` call (limited to the backend's ``max_batch``).
+        overlap: minimum overlap of neighbouring tiles in pixels.  Default: the one measured at
+            export (tiles agree with a whole-image pass), else the model's, else 64; limited to half the tile.
+        batch_size: tiles per ``predict`` call (limited to the backend's ``max_batch``).  Default: the
+            most tiles that fit in ``memory_budget`` (:func:`~flexunet.runtime.layout.budget_batch`),
+            at most 8; 1 for whole-image passes.
         blend: ``cosine``, ``gaussian`` or ``none`` (plain averaging).  Default: the model's (else
             cosine).
         whole: one pass over the whole image padded to ``info.multiple`` instead of tiles (needs a
@@ -209,10 +213,14 @@ class Segmenter:
         fill_holes: fill background holes enclosed by one class (:func:`~flexunet.runtime.postprocess.fill_holes`).
         min_size: remove objects smaller than this many pixels (0: keep all).
         threads: CPU threads for ONNX Runtime (default: all cores).
-        config: training config of a ``.keras`` model (default: the one beside it).
+        config: training config of a ``.keras`` or ``.h5`` model (default: the one beside it; for a
+            ``.h5`` also the one in its parent folder).
         readers: decoding threads of :meth:`segment_folder`.
         max_in_flight: slides held in memory at once by :meth:`segment_folder` (slides smaller than
             a batch may exceed it, up to ``batch_size``, so that batches stay full).
+        memory_budget: bytes for one batch (inputs, probabilities, network activations); default
+            :data:`~flexunet.runtime.layout.DEFAULT_MEMORY_BUDGET`.  It sets the default batch and
+            bounds ``fit`` tiles.
 
     Raises:
         ModelError, MissingDependencyError: the model cannot be loaded with that backend.
@@ -220,18 +228,20 @@ class Segmenter:
     """
 
     def __init__(self, model: str | os.PathLike | Backend, backend: str = "auto", tile=None,
-                 overlap: int | None = None, batch_size: int = 4, blend: str | None = None,
+                 overlap: int | None = None, batch_size: int | None = None, blend: str | None = None,
                  whole: bool = False, threshold: float | None = None, fill_holes: bool = False,
                  min_size: int = 0, threads: int | None = None, config: str | os.PathLike | None = None,
-                 readers: int = 1, max_in_flight: int = 3):
+                 readers: int = 1, max_in_flight: int = 3, memory_budget: int | None = None):
         self._owns_backend = isinstance(model, (str, os.PathLike))
         self.backend: Backend = load_backend(model, backend, threads=threads, config=config) \
             if self._owns_backend else as_backend(model)
         try:
-            if batch_size < 1:
+            if batch_size is not None and batch_size < 1:
                 raise FlexunetError(f"batch size must be at least 1, got {batch_size}")
-            native = min(batch_size, self.backend.max_batch or batch_size)
+            self._batch_option, self.memory_budget = batch_size, memory_budget
+            native = min(batch_size or 1, self.backend.max_batch or batch_size or 1)
             self._layout = self._checked(self._resolve(tile, overlap, blend, whole, native))
+            self.batch_size = self.batch_for(self._layout)
             self.threshold = self.info.threshold if threshold is None else float(threshold)
             if not 0.0 <= self.threshold <= 1.0:
                 raise FlexunetError(f"threshold must be between 0 and 1, got {self.threshold}")
@@ -240,7 +250,6 @@ class Segmenter:
         except BaseException:
             self.close()
             raise
-        self.batch_size = min(batch_size, self.backend.max_batch or batch_size)
         self.min_size = int(min_size)
         self.fill_holes = bool(fill_holes)
         self.readers = readers
@@ -251,9 +260,24 @@ class Segmenter:
         batches of ``batch_size`` tiles); errors name the model."""
         try:
             return resolve_layout(self.info, tile, overlap, blend, whole=whole, fixed_size=self.backend.fixed_size,
-                                  batch_size=batch_size)
+                                  batch_size=batch_size, memory_budget=self.memory_budget)
         except FlexunetError as exc:
             raise type(exc)(f"{self.backend.path or self.backend.name}: {exc}") from None
+
+    def batch_for(self, layout: Layout) -> int:
+        """Tiles per batch for ``layout``: the ``batch_size`` given, else what the memory budget allows
+        for its tile (a ``fit`` layout not fitted yet: for its largest tile; whole passes: 1); at
+        most the backend's ``max_batch``."""
+        if self._batch_option is not None:
+            batch = self._batch_option
+        elif layout.whole:
+            batch = 1
+        else:
+            try:
+                batch = budget_batch(layout.tile or (layout.max_side,) * 2, self.info, self.memory_budget)
+            except FlexunetError as exc:
+                raise FlexunetError(f"{self.backend.path or self.backend.name}: {exc}") from None
+        return min(batch, self.backend.max_batch or batch)
 
     def _checked(self, layout: Layout) -> Layout:
         """``layout``, once the backend is known to run its tiles."""
@@ -290,10 +314,12 @@ class Segmenter:
         if self.whole:
             how = f"whole image (padded to a multiple of {self.info.multiple})"
         elif self.fit:
-            how = f"tiles fitted to the image size (up to {FIT_MAX_SIDE} px), overlap {self.overlap}, {self.blend} blend"
+            how = (f"tiles fitted to the image size (up to {self._layout.max_side} px), overlap {self.overlap}, "
+                   f"{self.blend} blend")
         else:
             how = f"tiles {self.tile[0]}x{self.tile[1]}, overlap {self.overlap}, {self.blend} blend"
-        return f"{how}, batch {self.batch_size}"
+        batch = "from the memory budget" if self.fit and self._batch_option is None else self.batch_size
+        return f"{how}, batch {batch}"
 
     # -- one image -----------------------------------------------------------------------------------
     def segment(self, image: np.ndarray | str | os.PathLike) -> SegmentResult:
@@ -304,7 +330,7 @@ class Segmenter:
         if image.dtype != np.uint8 or image.ndim not in (2, 3) or image.size == 0:
             raise ValueError(f"expected a non-empty HxW or HxWxC uint8 image, got {image.dtype} {image.shape}")
         probs = predict_image(self.info.preprocess(image), self.backend.predict, self.layout(image.shape[:2]),
-                              self.batch_size, self.backend.name)
+                              self.batch_for(self.layout(image.shape[:2])), self.backend.name)
         return self._finish(image, probs)
 
     def _finish(self, image: np.ndarray, probs: np.ndarray) -> SegmentResult:
@@ -345,11 +371,13 @@ class Segmenter:
 
     def segment_files(self, paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
                       colorize: bool = False, overlay: bool = False, probabilities: bool = False,
-                      resume: bool = False, progress: ProgressCallback | None = None) -> RunSummary:
+                      resume: bool = False, progress: ProgressCallback | None = None,
+                      names: Sequence[str] | None = None) -> RunSummary:
         """:meth:`segment_folder` for image files already listed (folders are not expanded:
-        ``flexunet infer`` lists its inputs once, with :func:`~flexunet.core.imageio.expand_inputs`)."""
+        ``flexunet infer`` lists its inputs once, with :func:`~flexunet.core.imageio.expand_inputs`);
+        ``names``: their output names (default: :func:`output_names`)."""
         plan = self.plan_files(paths, out_dir, colorize=colorize, overlay=overlay, probabilities=probabilities,
-                               resume=resume)
+                               resume=resume, names=names)
         report = _Progress(len(plan.tasks), progress)
         for task in plan.resumed:
             report("resumed", task)
@@ -359,12 +387,12 @@ class Segmenter:
 
     def plan_files(self, paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
                    colorize: bool = False, overlay: bool = False, probabilities: bool = False,
-                   resume: bool = False) -> FolderPlan:
+                   resume: bool = False, names: Sequence[str] | None = None) -> FolderPlan:
         """The first half of :meth:`segment_files`: output names, the run's layout, the output
         folder made (with ``resume``, its stale temporary files removed) and the inputs whose
         outputs are complete set aside.  :meth:`run_tasks` runs the rest, here or elsewhere."""
         paths = [Path(p) for p in paths]
-        tasks = [SlideTask(i, p, n) for i, (p, n) in enumerate(zip(paths, output_names(paths)))]
+        tasks = [SlideTask(i, p, n) for i, (p, n) in enumerate(zip(paths, names or output_names(paths)))]
         layout, first = self._run_layout(tasks)
         record = producer(model_digest(self.backend), layout, threshold=self.threshold,
                           fill_holes=self.fill_holes, min_size=self.min_size)
@@ -384,7 +412,7 @@ class Segmenter:
             self.backend, layout, read=handover, prepare=self.info.preprocess,
             finish=lambda task, image, probs: self._finish(image, probs),
             write=lambda task, product: outputs.write(task, product, handover.digest(task.path)),
-            batch_size=self.batch_size, max_in_flight=self.max_in_flight, readers=self.readers,
+            batch_size=self.batch_for(layout), max_in_flight=self.max_in_flight, readers=self.readers,
             on_slide=on_slide,
         )
         return pipeline.run(tasks)

@@ -117,10 +117,12 @@ def thread_baseline():
 TF_ENV_KEYS = ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS", "GRPC_VERBOSITY")
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def isolate_cli(monkeypatch):
     """The CLI configures the "flexunet" logger (stderr handler, propagate=False) and sets TF
-    environment variables; undo both after each test so other test files are unaffected."""
+    environment variables; undo both after each test so other test files are unaffected (every test:
+    one that runs a command in process without asking for this would leave a handler on a closed
+    stream behind)."""
     for key in TF_ENV_KEYS:
         if key in os.environ:
             monkeypatch.setenv(key, os.environ[key])

@@ -61,7 +61,7 @@ def test_bench_run_produces_every_field_and_file(make_onnx, make_images, tmp_pat
     make_images(tmp_path / "in", [(90, 120), (64, 64), (40, 70)])
     out = tmp_path / "report"
     result = bench(make_onnx(), tmp_path / "in", "-o", out, "--batch-sizes", "1,2", "--repeat", 3, "--warmup", 1,
-                   "--runs", 2)
+                   "--runs", 2, "--tile", 64)  # the model's tile (a dynamic-size model defaults to fit)
     assert result.exit_code == EXIT_OK, (result.stdout, result.stderr)
     assert "latency batch 1:" in result.stderr and "end to end run 2/2" in result.stderr
     assert "end to end (batch" in result.stdout and "slides/s" in result.stdout
@@ -149,7 +149,8 @@ def test_seed_baseline_reports_a_ratio_and_loads_the_model_once(make_images, tmp
 
     loads = []
     load = keras_backend.load_keras_model
-    monkeypatch.setattr(keras_backend, "load_keras_model", lambda path: loads.append(path) or load(path))
+    monkeypatch.setattr(keras_backend, "load_keras_model",
+                        lambda path, cfg=None: loads.append(path) or load(path, cfg))
     folder = tmp_path / "models"
     folder.mkdir()
     inputs = keras.Input((32, 32, 3))

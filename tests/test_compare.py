@@ -91,7 +91,7 @@ def test_probability_differences_pool_max_and_mean():
 # -- the tolerance table -----------------------------------------------------------------------------------
 def test_tolerance_by_precision_overrides_and_fallback():
     assert tolerance_for("int8") == TOLERANCES["int8"]
-    unknown = tolerance_for("bf16")  # not in the table: the strictest entry, and says so
+    unknown = tolerance_for("int4")  # not in the table: the strictest entry, and says so
     assert (unknown.min_dice, unknown.max_abs_diff) == (TOLERANCES["fp32"].min_dice, TOLERANCES["fp32"].max_abs_diff)
     assert "unknown precision" in unknown.source
     overall, by_precision = parse_min_dice(["0.97", "int8=0.95"])

@@ -1,8 +1,8 @@
 """The bad-input table over every command (issue 15, "What to build"), odd images through
 ``infer``, and ``infer`` killed with SIGKILL then resumed.
 
-:data:`ROWS` gives each command (synth, summary, train, evaluate, export, project, infer, parity,
-bench) the bad inputs a user hits: a missing file, a folder where a file is expected, a corrupt or
+:data:`ROWS` gives each command (synth, summary, train, evaluate, export, project, infer, parity, bench,
+import, augment, tune) the bad inputs a user hits: a missing file, a folder where a file is expected, a corrupt or
 truncated model (.onnx, .keras, .engine), a model that does not match its config or metadata, an
 option out of range; each row states the exit code.  Every row checks: no traceback; stderr is the
 one line ``error: ...`` naming the file (and the config section and key, or the option) -- or, for
@@ -104,6 +104,7 @@ def build_scene(root: Path, make_onnx, make_images) -> None:
     (root / "cut.onnx").write_bytes(data[: len(data) // 2])
     (root / "empty.onnx").write_bytes(b"")
     (root / "m.h5").write_bytes(data)
+    (root / "m.pt").write_bytes(data)
     (root / "junk.engine").write_bytes(b"not a TensorRT engine")
     keras_archive_cut(root / "cut.keras")
     for name in ("mdir.onnx", "mdir.keras"):
@@ -273,7 +274,9 @@ ROWS = [
     Row("empty-onnx", "infer empty.onnx in -o OUT", ("empty.onnx", "not a readable ONNX model")),
     Row("truncated-keras", f"infer cut.keras in -o OUT --config {CFG}", ("cut.keras", "not a Keras archive")),
     Row("corrupt-engine", "infer junk.engine in -o OUT", ("junk.engine",)),
-    Row("unsupported-model-type", "infer m.h5 in -o OUT", ("m.h5", "unsupported model type")),
+    Row("unsupported-model-type", "infer m.pt in -o OUT", ("m.pt", "unsupported model type")),
+    Row("h5-not-hdf5", f"infer m.h5 in -o OUT --config {CFG}", ("m.h5", "not an HDF5 file")),
+    Row("h5-without-config", "infer m.h5 in -o OUT", ("m.h5", "pass --config")),
     Row("backend-for-another-model-type", "infer m.onnx in -o OUT --backend keras", ("m.onnx", ".keras models only")),
     Row("config-with-an-onnx-model", f"infer m.onnx in -o OUT --config {CFG}", ("--config", ".keras models only")),
     Row("keras-config-missing", "infer cut.keras in -o OUT --config nope.config", ("nope.config", "not found")),
@@ -281,7 +284,7 @@ ROWS = [
     Row("keras-classes-vs-config", f"infer k4.keras in -o OUT --config {CFG}", (K4, "1 class(es)"), keras=True),
     Row("tile-of-a-fixed-model", "infer fixed.onnx in -o OUT --tile 32", ("fixed.onnx", "fixed at 64x64")),
     Row("whole-with-a-fixed-model", "infer fixed.onnx in -o OUT --whole", ("fixed.onnx", "--whole")),
-    Row("overlap-not-below-the-tile", "infer m.onnx in -o OUT --overlap 64", ("m.onnx", "overlap", "64")),
+    Row("overlap-not-below-the-tile", "infer m.onnx in -o OUT --tile 64 --overlap 64", ("m.onnx", "overlap", "64")),
     Row("batch-size-out-of-range", "infer m.onnx in -o OUT --batch-size 0", ("'--batch-size'",), click=True),
     Row("threshold-out-of-range", "infer m.onnx in -o OUT --threshold 1.5", ("'--threshold'",), click=True),
     Row("tile-malformed", "infer m.onnx in -o OUT --tile 0x64", ("'--tile'", "0x64"), click=True),
@@ -316,11 +319,26 @@ ROWS = [
         ("--baseline seed", "--keras")),
     Row("keras-option-not-keras", f"bench m.onnx in -o OUT --baseline seed --keras m.onnx {QUICK_BENCH}",
         ("m.onnx", "--keras")),
-    Row("overlap-not-below-the-tile", f"bench m.onnx in -o OUT {QUICK_BENCH} --overlap 64", ("m.onnx", "overlap")),
+    Row("overlap-not-below-the-tile", f"bench m.onnx in -o OUT {QUICK_BENCH} --tile 64 --overlap 64",
+        ("m.onnx", "overlap")),
     Row("batch-sizes-out-of-range", f"bench m.onnx in -o OUT {QUICK_BENCH} --batch-sizes 0",
         ("'--batch-sizes'", "'0'"), click=True),
+    # import MODEL -o OUT.keras
+    Row("missing-model", f"import nope.h5 -o new.keras --config {CFG}", ("nope.h5", "no such model file")),
+    Row("not-a-seed-model-suffix", f"import m.onnx -o new.keras --config {CFG}", ("m.onnx", ".h5")),
+    Row("h5-not-hdf5", f"import m.h5 -o new.keras --config {CFG}", ("m.h5", "not an HDF5 file")),
+    Row("h5-without-config", "import m.h5 -o new.keras", ("m.h5", "pass --config")),
+    Row("output-not-keras", f"import m.h5 -o new.onnx --config {CFG}", ("new.onnx", ".keras")),
+    # augment CONFIG
+    Row("missing-config", "augment nope.config", ("nope.config", "config file not found")),
+    Row("config-is-a-fifo", "augment pipe.config", ("pipe.config", "not a regular file")),
+    Row("samples-out-of-range", "augment proj -n 0", ("'-n'",), click=True),
+    # tune MODEL --images DIR
+    Row("truncated-onnx", "tune cut.onnx --images in", ("cut.onnx", "not a readable ONNX model")),
+    Row("images-missing", "tune m.onnx --images nope", ("'--images'", "nope"), click=True),
 ]
-COMMANDS = ("synth", "summary", "train", "evaluate", "export", "project", "infer", "parity", "bench")
+COMMANDS = ("synth", "summary", "train", "evaluate", "export", "project", "infer", "parity", "bench",
+            "import", "augment", "tune")
 
 
 def _params() -> list:

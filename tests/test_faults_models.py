@@ -181,7 +181,7 @@ def test_tile_memory_counts_batch_probabilities_and_canvas(monkeypatch):
         resolve_layout(info, tile=8192, batch_size=4)
     with pytest.raises(FlexunetError, match=r"^the model's tile 50000x50000 \(metadata key 'tile'\) needs about .* "
                                             r"for one tile"):
-        resolve_layout(ModelInfo(None, None, 3, 1, tile=(50000, 50000)))
+        resolve_layout(ModelInfo(50000, 50000, 3, 1, tile=(50000, 50000)))  # no fixed size given: the metadata's
     with pytest.raises(FlexunetError, match=r"^the model's fixed input size 30000x30000 needs"):
         resolve_layout(info, fixed_size=(30000, 30000))
     resolve_layout(info, whole=True)         # sizes that come with the image are not checked here
@@ -204,7 +204,8 @@ MEMORY_CASES = {  # case: (command line with M for the model, memory said to be 
     "infer-tile-20000": ("infer M in -o out --tile 20000", None, ("--tile 20000x20000", "GiB")),
     "infer-tile-20000-batch-1": ("infer M in -o out --tile 20000 --batch-size 1", None,
                                  ("--tile 20000x20000", "for one tile")),
-    "infer-metadata-tile-50000": ("infer M in -o out", None, ("metadata key 'tile'", "50000x50000")),
+    "infer-budget-1M": ("infer M in -o out --tile 4096 --memory-budget 1M", None,
+                        ("--memory-budget 1 MiB is too small for one 4096x4096 tile",)),
     "parity-batch-4": ("parity --reference M --candidate M in -o out --tile 4096", 1 << 30,
                        ("--tile 4096x4096", "a batch of 4 tiles")),
     "bench-batch-sizes-8": ("bench M in -o out --tile 4096", 2 << 30, ("--tile 4096x4096", "a batch of 8 tiles")),
@@ -217,7 +218,7 @@ def test_tiles_too_large_for_memory_are_refused_before_running(case, make_onnx, 
     nothing written.  The batch rows: one tile fits, the batch asked for does not."""
     line, available, fragments = MEMORY_CASES[case]
     make_images(tmp_path / "in", [(64, 80)])
-    model = make_onnx(tile=(50000, 50000)) if "metadata" in case else make_onnx()
+    model = make_onnx()
     argv = [str(model) if word == "M" else word for word in line.split()]
     proc = flexunet_limited(*argv, cwd=tmp_path, available=available)
     assert_one_line_error(proc.returncode, proc.stderr, EXIT_USAGE, model.name, *fragments)

@@ -139,11 +139,11 @@ def test_help_says_where_each_default_comes_from():
     text = " ".join(infer("--help").stdout.split())
     bare = ModelInfo(height=None, width=None, channels=3, num_classes=1)  # metadata that says nothing
     layout = resolve_layout(bare)
-    assert f"--overlap INTEGER RANGE Tile overlap in pixels [default: the model's, else {layout.overlap}," in text
+    assert ("--overlap INTEGER RANGE Tile overlap in pixels [default: the model's measured overlap (metadata "
+            "'measured_overlap'") in text and f"(metadata 'overlap'), else {layout.overlap};" in text
     assert f"Blending of overlapping tiles [default: the model's, else {layout.blend}]" in text
     assert f"Foreground threshold of a binary model [default: the model's, else {bare.threshold}]" in text
-    assert (f"[default: the model's (its training input size), else {layout.tile[0]}x{layout.tile[1]}]"
-            in text)
+    assert layout.fit and "[default: a fixed-size model's input size; fit for a dynamic-size model]" in text
     assert f"up to {FIT_MAX_SIDE} px" in text
     assert "[default: 64]" not in text and "[default: cosine]" not in text
 

@@ -194,7 +194,8 @@ def test_tile_options_follow_the_model(make_onnx):
         with pytest.raises(FlexunetError, match="overlap must be"):
             Segmenter(fixed, overlap=32)
     with load_backend(make_onnx(multiple=16, tile=(100, 100))) as dynamic:
-        assert Segmenter(dynamic).tile == (112, 112)
+        assert Segmenter(dynamic).fit                                  # dynamic size: fit by default
+        assert Segmenter(dynamic, tile=100).tile == (112, 112)
         assert Segmenter(dynamic, tile=(50, 200)).tile == (64, 208)
         assert Segmenter(dynamic, whole=True).describe().startswith("whole image (padded to a multiple of 16)")
         with pytest.raises(FlexunetError, match="blend must be one of"):

@@ -121,10 +121,23 @@ def test_exit_code_and_error_lines_follow_the_parity_verdicts(first_run):
     fp32, int8 = r["parity"]["candidates"]["model.onnx"], r["parity"]["candidates"]["model.int8.onnx"]
     assert fp32["verdict"] == "pass" and fp32["dice_vs_keras"] >= TOLERANCES["fp32"].min_dice
     assert fp32["min_dice"] == TOLERANCES["fp32"].min_dice and int8["min_dice"] == TOLERANCES["int8"].min_dice
-    assert (int8["verdict"] == "pass") == (int8["dice_vs_keras"] >= int8["min_dice"])
+    judged = next(c for c in json.loads((first_run.base / "parity" / "parity.json").read_text())["candidates"]
+                  if c["model"].endswith("model.int8.onnx"))
+    if judged["rule"] == "retention":  # ground truth given: accuracy retention decides INT8, not agreement
+        assert (int8["verdict"] == "pass") == (judged["retention"] >= judged["min_retention"])
+    else:
+        assert (int8["verdict"] == "pass") == (int8["dice_vs_keras"] >= int8["min_dice"])
     assert r["parity"]["passed"] == (int8["verdict"] == "pass")
     # a failed check ends the run with one line naming the model, and only then
-    assert ("error: model.int8.onnx fails parity: mask dice vs Keras" in proc.stderr) == (int8["verdict"] != "pass")
+    said = "keeps" if int8["rule"] == "retention" else "mask dice vs Keras"
+    assert (f"error: model.int8.onnx fails parity: {said}" in proc.stderr) == (int8["verdict"] != "pass")
+    assert set(r["throughput"]) >= {"keras", "onnx_fp32", "onnx_int8", "machine"}
+    for key, label in (("openvino_fp32", "model.onnx@openvino"), ("openvino_bf16", "model.onnx@openvino-bf16")):
+        # each OpenVINO path measured (images/s, verdict, rule) or named with the reason it is not
+        measured = key in r["throughput"] and label in r["parity"]["candidates"]
+        assert measured != (key in r["parity"]["unavailable"]), key
+        if measured:
+            assert r["throughput"][key]["images_per_s"] > 0 and r["parity"]["candidates"][label]["rule"]
     assert "model.onnx fails parity" not in proc.stderr
 
 

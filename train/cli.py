@@ -67,16 +67,21 @@ def synth_cmd(out, kind, n_train, n_valid, n_test, size, seed):
 @CONFIG_ARG
 @handle_errors
 def summary_cmd(config):
-    """Print the UNet a CONFIG describes (layer table), the memory training it needs, and its
-    parameter count. A model whose weights exceed this machine's memory is refused before it is built."""
-    from flexunet.train.memory import check_build_memory, describe
+    """Print the network a CONFIG describes (layer table), the memory training it needs, and its
+    parameter count. An architecture flexunet does not build is refused in one line saying why; a
+    UNet whose weights exceed this machine's memory is refused before it is built."""
+    from flexunet.architectures import check_supported
+    from flexunet.train.memory import check_build_memory, describe, estimate_built, is_analytic
 
     cfg = load_config(config)
+    check_supported(cfg)  # an architecture flexunet does not build: one line, before TensorFlow
     estimate = check_build_memory(cfg)  # before building: a model too large is refused in one line
     import_tensorflow_quietly()
     from flexunet.train.trainer import build_model
 
     model = build_model(cfg)
+    if not is_analytic(cfg.model):  # counted on the built network
+        estimate = estimate_built(cfg, model)
     model.summary(print_fn=lambda line, **_: click.echo(line), line_length=110)
     click.echo(describe(estimate, cfg))
     click.echo(f"parameters: {model.count_params()}")
@@ -113,7 +118,8 @@ def train_cmd(config, data_root, epochs):
 @CONFIG_ARG
 @DATA_ROOT_OPT
 @click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
-              help="Model to evaluate (default <model_dir>/best_model.keras).")
+              help="Model to evaluate: .keras, or a seed .h5 (rebuilt from CONFIG, its weights "
+                   "loaded by layer) (default <model_dir>/best_model.keras).")
 @handle_errors
 def evaluate_cmd(config, data_root, model_path):
     """Evaluate the trained model on CONFIG's [test] split; writes evaluation.csv beside CONFIG."""

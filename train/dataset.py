@@ -6,8 +6,9 @@ resizing (the seeds' behaviour) or, with ``[dataset] tiling = True``, by cutting
 input size from larger images (2560x1920 slides) with the project's one tiling implementation.
 
 Samples are produced by a Python generator that decodes one file at a time, so datasets larger than
-RAM stream; small datasets are cached in memory after the first epoch.  Augmentation (flips, rot90)
-runs in the ``tf.data`` graph after the cache, so every epoch sees new variants.
+RAM stream; small datasets are cached in memory after the first epoch.  Augmentation
+(:mod:`flexunet.train.augment`) runs in the ``tf.data`` graph after the cache, so every epoch sees
+new variants.
 """
 from __future__ import annotations
 
@@ -197,12 +198,13 @@ def load_arrays(maker: SampleMaker, pairs: list[Pair]) -> tuple[np.ndarray, np.n
 
 
 def make_tf_dataset(maker: SampleMaker, pairs: list[Pair], batch_size: int, training: bool,
-                    seed: int, augment: bool = False, angles: tuple[float, ...] = (90, 180, 270),
-                    flips: tuple[bool, bool] = (True, True)):
+                    seed: int, augmenter=None):
     """A batched ``tf.data.Dataset`` over the pairs' samples and the number of steps per pass.
 
     Training datasets repeat forever (use the returned steps as ``steps_per_epoch``), shuffle files
     each epoch and samples through a buffer; evaluation datasets are one ordered pass.
+    ``augmenter`` (:class:`flexunet.train.augment.Augmenter`) maps ``(sample number, x, y)`` of a
+    training dataset, in parallel.
     """
     import tensorflow as tf
 
@@ -236,36 +238,8 @@ def make_tf_dataset(maker: SampleMaker, pairs: list[Pair], batch_size: int, trai
         buffer = max(8, min(n, CACHE_LIMIT_BYTES // (4 * bytes_per_sample)))
     if training:
         ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
-        if augment:
-            ds = ds.map(_augmenter(maker.height == maker.width, angles, flips, seed),
-                        num_parallel_calls=tf.data.AUTOTUNE)
+        if augmenter is not None:
+            ds = ds.enumerate().map(lambda i, xy: augmenter(i, *xy), num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
     return ds, steps
 
-
-def _augmenter(square: bool, angles, flips, seed: int):
-    """A tf.data map function: random horizontal/vertical flips and rot90 by the allowed angles."""
-    import tensorflow as tf
-
-    ks = sorted({int(round(a / 90.0)) % 4 for a in angles if float(a) % 90 == 0})
-    if not square:
-        ks = [k for k in ks if k % 2 == 0]
-    ks = [0] + [k for k in ks if k]
-    ks_t = tf.constant(ks, dtype=tf.int32)
-    hflip, vflip = flips
-    rng = tf.random.Generator.from_seed(seed)
-
-    def apply(x, y):
-        xy = tf.concat([x, y], axis=-1)
-        r = rng.uniform([3], dtype=tf.float32)
-        if hflip:
-            xy = tf.cond(r[0] < 0.5, lambda: tf.image.flip_left_right(xy), lambda: xy)
-        if vflip:
-            xy = tf.cond(r[1] < 0.5, lambda: tf.image.flip_up_down(xy), lambda: xy)
-        if len(ks) > 1:
-            k = ks_t[tf.minimum(tf.cast(r[2] * len(ks), tf.int32), len(ks) - 1)]
-            xy = tf.image.rot90(xy, k)
-        c = x.shape[-1]
-        return xy[..., :c], xy[..., c:]
-
-    return apply

@@ -39,7 +39,7 @@ def evaluate(cfg: Config, model_path: Path | None = None) -> Evaluation:
     require_model_file(model_path, "no such model file (train first, or pass --model)")
     maker = ds.SampleMaker(cfg)
     maker.check(pairs)  # masks of another size than their images: refused before the model is loaded
-    model = load_keras_model(model_path)
+    model = load_keras_model(model_path, cfg=cfg)  # a seed .h5: rebuilt from cfg, weights loaded by layer
     compile_model(cfg, model)  # the config's loss and metrics, as in training
     expected = (cfg.model.image_height, cfg.model.image_width, cfg.model.image_channels)
     got = tuple(model.input_shape[1:])

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flexunet.core.config import Config, ModelConfig
+from flexunet.core.config import UNET_MODEL_NAMES, Config, ModelConfig
 from flexunet.core import machine
 from flexunet.core.errors import ConfigError
 
@@ -90,11 +90,33 @@ def available_memory() -> tuple[int, int]:
     return available, machine.total_memory() or available
 
 
+def is_analytic(m: ModelConfig) -> bool:
+    """Whether the figures come from the config alone: the plain UNet's. Other architectures are
+    counted on the built network (:func:`estimate_built`); before it is built their floor is 0."""
+    return m.model in UNET_MODEL_NAMES
+
+
 def estimate(cfg: Config) -> Estimate:
     """The memory ``cfg``'s model needs and what this machine has (see the module's notes)."""
     available, total = available_memory()
+    if not is_analytic(cfg.model):
+        return Estimate(0, 0, cfg.train.batch_size, available, total)
     return Estimate(parameter_count(cfg.model), activations_per_sample(cfg.model),
                     cfg.train.batch_size, available, total)
+
+
+def estimate_built(cfg: Config, model) -> Estimate:
+    """The same figures counted on a built ``keras.Model``: its parameters, and the outputs of its
+    layers for one input (any architecture)."""
+    available, total = available_memory()
+    outputs = 0
+    for layer in model.layers:
+        for tensor in (layer.output if isinstance(layer.output, (list, tuple)) else [layer.output]):
+            size = 1
+            for dim in tuple(tensor.shape)[1:]:
+                size *= int(dim or 1)
+            outputs += size
+    return Estimate(int(model.count_params()), outputs, cfg.train.batch_size, available, total)
 
 
 def gib(n: int) -> str:

@@ -8,6 +8,7 @@ Outputs (names as the seeds write them):
   <model_dir>/best_model.keras          best validation loss so far (written atomically)
   <model_dir>/train_eval_infer.config   a copy of the config used
   <eval_dir>/train_metrics.csv, train_losses.csv and their PNG plots (rewritten every epoch)
+  <eval_dir>/augmentation_grid.png       augmented samples, when training augments (flexunet.train.augment)
   <epoch_change_infer_dir>/, <epoch_change_tiledinfer_dir>/   per-epoch previews when enabled
 Ctrl-C stops after the current batch; the best model saved so far is kept.  A model that cannot be
 trained in this machine's memory (:mod:`flexunet.train.memory`) is refused before anything is written.
@@ -30,6 +31,8 @@ from flexunet.core.atomic import write_text
 from flexunet.core.config import CONFIG_FILENAME, Config
 from flexunet.core.errors import EXIT_INTERRUPTED, ConfigError, FlexunetError, first_line
 from flexunet.train import dataset as ds
+from flexunet.train.augment import make_augmenter
+from flexunet.train.augment_grid import write_start_grid
 from flexunet.train.previews import Previewer
 
 log = logging.getLogger("flexunet")
@@ -153,6 +156,7 @@ def train(cfg: Config, epochs: int | None = None) -> TrainResult:
     set_seed(cfg.seed)
     _prepare_outputs(cfg)
     data = _datasets(cfg, maker, splits)
+    write_start_grid(cfg, maker, splits.train)  # <eval_dir>/augmentation_grid.png when augmenting
 
     model = build_model(cfg)
     compile_model(cfg, model)
@@ -195,9 +199,15 @@ def _prepare_outputs(cfg: Config) -> None:
         except OSError as exc:
             raise FlexunetError(f"{folder}: cannot create folder ({exc.strerror or exc})") from None
     shutil.copy2(cfg.path, t.model_dir / CONFIG_FILENAME)
-    write_text(t.model_dir / TRAINING_RECORD, json.dumps({
+    write_training_record(cfg, t.model_dir)
+
+
+def write_training_record(cfg: Config, folder: Path, **extra) -> Path:
+    """``training.json`` in ``folder``: which config (and data root) made the models there, and
+    when (``extra`` adds keys; ``flexunet import`` records the seed file)."""
+    return write_text(folder / TRAINING_RECORD, json.dumps({
         "config": str(cfg.path), "data_root": str(cfg.data_root) if cfg.data_root else None,
-        "started": datetime.now().isoformat(timespec="seconds")}, indent=2) + "\n")
+        "started": datetime.now().isoformat(timespec="seconds"), **extra}, indent=2) + "\n")
 
 
 @dataclass
@@ -211,18 +221,17 @@ class _Data:
 def _datasets(cfg: Config, maker: ds.SampleMaker, splits: Splits) -> _Data:
     """The training (augmented if configured) and validation datasets; prints what they hold."""
     t = cfg.train
-    augment = cfg.model.generator and cfg.generator.augmentation
+    augmenter = make_augmenter(cfg, maker.preprocess.channels, 255.0 * maker.preprocess.scale)
     train_ds, train_steps = ds.make_tf_dataset(
-        maker, splits.train, t.batch_size, training=True, seed=cfg.seed, augment=augment,
-        angles=tuple(cfg.generator.angles) if cfg.generator.rotation else (),
-        flips=(cfg.generator.hflip, cfg.generator.vflip))
+        maker, splits.train, t.batch_size, training=True, seed=cfg.seed, augmenter=augmenter)
     valid_ds, valid_steps = ds.make_tf_dataset(maker, splits.valid, t.batch_size, training=False,
                                                seed=cfg.seed)
     steps = t.steps_per_epoch or train_steps
     print(f"training on {len(splits.train)} images ({ds.sample_count(maker, splits.train)} samples, "
           f"{steps} steps/epoch), validating on {len(splits.valid)} images; "
           f"input {cfg.model.image_height}x{cfg.model.image_width}x{cfg.model.image_channels}, "
-          f"{cfg.model.num_classes} class(es), augmentation {'on' if augment else 'off'}", flush=True)
+          f"{cfg.model.num_classes} class(es), augmentation: "
+          f"{augmenter.s.describe() if augmenter else 'off'}", flush=True)
     return _Data(train_ds, valid_ds, steps, t.validation_steps or valid_steps)
 
 

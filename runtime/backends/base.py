@@ -23,6 +23,9 @@ import numpy as np
 from flexunet.core.errors import ModelError
 from flexunet.core.modelinfo import ModelInfo
 
+#: Model files the Keras backend loads: a Keras archive, or a seed API ``.h5`` (rebuilt from its config).
+KERAS_SUFFIXES = (".keras", ".h5")
+
 #: ``--backend`` choices.  ``onnxruntime`` takes the fastest usable execution provider
 #: (TensorRT > CUDA > CPU); the suffixed names ask for one provider explicitly.  ``openvino`` runs
 #: an ``.onnx`` with OpenVINO's CPU plugin in FP32, ``openvino-bf16`` in BF16 (CPUs with BF16).

@@ -17,20 +17,25 @@ import numpy as np
 
 from flexunet.core.tiling import BLEND_MODES, checked_int
 
-MIN_WEIGHT = 1e-3  # smallest blending weight, relative to the window maximum of 1
+MIN_WEIGHT = 1e-3  # smallest blending weight (cosine: per axis), relative to the window maximum of 1
+RAMP_MARGIN = 0.25  # share of a cosine ramp, at the tile border, held at MIN_WEIGHT
 
 
 def _cosine_profile(size: int, ramp: int) -> np.ndarray:
-    """1-D raised-cosine window: ``ramp`` rising pixels at each end, 1 in between, symmetric."""
+    """1-D raised-cosine window over ``ramp`` pixels at each end, 1 in between, symmetric, at least
+    :data:`MIN_WEIGHT`: the outer quarter of the ramp (:data:`RAMP_MARGIN`) stays at MIN_WEIGHT, the
+    rest rises.  Predictions nearest a tile's border, where its zero padding reaches, then count
+    next to nothing where a neighbouring tile sees the same pixels further inside."""
     ramp = min(ramp, size // 2)
     profile = np.ones(size, dtype=np.float64)
     if ramp > 0:
-        # Samples of 0.5 * (1 - cos(pi * t)) at t = 1/(ramp+1) ... ramp/(ramp+1): > 0 and < 1.
-        t = np.arange(1, ramp + 1, dtype=np.float64) / (ramp + 1)
-        rise = 0.5 * (1.0 - np.cos(math.pi * t))
+        margin = int(ramp * RAMP_MARGIN)
+        # Samples of 0.5 * (1 - cos(pi * t)) at t = 1/(n+1) ... n/(n+1): > 0 and < 1.
+        t = np.arange(1, ramp - margin + 1, dtype=np.float64) / (ramp - margin + 1)
+        rise = np.concatenate([np.zeros(margin), 0.5 * (1.0 - np.cos(math.pi * t))])
         profile[:ramp] = rise
         profile[size - ramp:] = rise[::-1]
-    return profile
+    return np.maximum(profile, MIN_WEIGHT)
 
 
 def _gaussian_profile(size: int, sigma_scale: float) -> np.ndarray:
@@ -50,7 +55,10 @@ def _cached_window(tile_h: int, tile_w: int, mode: str, ramp_h: int, ramp_w: int
         window = np.outer(_cosine_profile(tile_h, ramp_h), _cosine_profile(tile_w, ramp_w))
     else:
         window = np.outer(_gaussian_profile(tile_h, sigma_scale), _gaussian_profile(tile_w, sigma_scale))
-    window = np.maximum(window / window.max(), MIN_WEIGHT).astype(np.float32)
+    # Cosine windows are clamped per axis (in the profiles), so that along an image border, where
+    # the tiles' windows are small on both axes, their ratio still follows the ramp across a seam.
+    window = window / window.max()
+    window = (window if mode == "cosine" else np.maximum(window, MIN_WEIGHT)).astype(np.float32)
     window.flags.writeable = False
     return window
 
@@ -71,7 +79,8 @@ def blend_window(tile_h: int, tile_w: int, mode: str = "cosine", overlap: int | 
 
     Returns:
         A read-only float32 ``(tile_h, tile_w)`` array, symmetric under flips, with maximum 1 and
-        every weight ``>= 1e-3`` (strictly positive, so every covered pixel has a defined blend).
+        every weight ``>= 1e-3`` (cosine: ``>= 1e-6``, 1e-3 per axis; strictly positive, so every
+        covered pixel has a defined blend).
         The same array object is returned for repeated calls with the same arguments.
 
     Raises:

@@ -1,6 +1,8 @@
 """The comparator: how closely a candidate model's output follows a reference's, and the one
 tolerance table that decides whether it agrees (export verification, the INT8 search, ``flexunet
-parity`` and the CLI defaults all read :data:`TOLERANCES`).
+parity`` and the CLI defaults all read :data:`TOLERANCES`), and :func:`judge`, the one verdict:
+agreement with the reference, or with ground truth accuracy retention (the MLPerf rule, :data:`RETENTION`)
+for reduced precisions.
 
 Conventions (the same as :mod:`flexunet.core.metrics`, whose functions give every per-image figure):
 
@@ -234,6 +236,7 @@ TOLERANCES: Mapping[str, Tolerance] = {
     "fp32": Tolerance(min_dice=0.9999, max_abs_diff=1e-4, source="default for fp32"),
     "fp16": Tolerance(min_dice=0.995, source="default for fp16"),
     "int8": Tolerance(min_dice=0.99, source="default for int8"),
+    "bf16": Tolerance(min_dice=0.99, source="default for bf16"),
 }
 #: The tolerance of a precision not in the table (the strictest).
 FALLBACK_PRECISION = "fp32"
@@ -271,3 +274,106 @@ def describe_defaults(precisions: Sequence[str] | None = None) -> str:
             text += f" and |Δp| {t.max_abs_diff:g}"
         parts.append(text)
     return ", ".join(parts)
+
+
+# -- the verdict: agreement, or accuracy retention with ground truth ----------------------------------
+#: Accuracy retention (the MLPerf rule for reduced precision): a reduced-precision candidate passes
+#: when its dice against the ground truth reaches this share of the reference's dice against the
+#: same truth; :data:`RETENTION_STRICT` (99.9%) is reported beside it.
+RETENTION = 0.99
+RETENTION_STRICT = 0.999
+#: Precisions judged by retention when ground truth is given.  FP32 is always judged by agreement:
+#: an FP32 candidate that does not reproduce its FP32 reference is a bug, whatever its accuracy.
+RETENTION_PRECISIONS = frozenset({"bf16", "fp16", "int8"})
+AGREEMENT, RETENTION_RULE = "agreement", "retention"
+
+
+def retention(reference_vs_truth: float | None, candidate_vs_truth: float | None) -> float | None:
+    """The candidate's dice against the truth as a share of the reference's (None when either is
+    unknown or the reference scores 0 against the truth: nothing to retain)."""
+    if reference_vs_truth is None or candidate_vs_truth is None or reference_vs_truth <= 0:
+        return None
+    return candidate_vs_truth / reference_vs_truth
+
+
+def truth_agreement(truth: np.ndarray, probabilities: np.ndarray, threshold: float = 0.5) -> MaskAgreement:
+    """Pooled agreement of ``NxHxWxC`` (or ``HxWxC``) probabilities' masks with ``NxHxW`` (or
+    ``HxW``) ground-truth label maps; its :attr:`~MaskAgreement.dice` is the dice against the truth."""
+    probabilities, truth = np.asarray(probabilities), np.asarray(truth)
+    if probabilities.ndim == 3:
+        probabilities, truth = probabilities[None], truth[None]
+    labels = num_labels(probabilities.shape[-1])
+    total = MaskAgreement.empty(labels)
+    for t, p in zip(truth, probabilities):
+        total += MaskAgreement.of(t, labels_from_probabilities(p, threshold), labels)
+    return total
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Whether a candidate passes, and by which rule.
+
+    Attributes:
+        rule: ``"agreement"`` (its masks and ``|Δp|`` against the reference's, :class:`Tolerance`)
+            or ``"retention"`` (its dice against the truth against the reference's, :data:`RETENTION`).
+        passed: the deciding rule's outcome.
+        failures: why it fails by the deciding rule (empty: it passes).
+        agreement_failures: why it fails agreement (reported whatever rule decides).
+        retention: dice vs truth as a share of the reference's (None without truth).
+        why: one line: the rule, and why it was the one that decided.
+    """
+
+    rule: str
+    passed: bool
+    failures: tuple[str, ...]
+    agreement_failures: tuple[str, ...]
+    retention: float | None = None
+    min_retention: float = RETENTION
+    why: str = ""
+
+    @property
+    def agrees(self) -> bool:
+        return not self.agreement_failures
+
+    @property
+    def retains_strict(self) -> bool | None:
+        """Whether the candidate also reaches :data:`RETENTION_STRICT` (None without truth)."""
+        return None if self.retention is None else self.retention >= RETENTION_STRICT
+
+    def to_dict(self) -> dict:
+        return {"verdict": "pass" if self.passed else "fail", "rule": self.rule, "why": self.why,
+                "failures": list(self.failures), "agreement": "pass" if self.agrees else "fail",
+                "agreement_failures": list(self.agreement_failures), "retention": self.retention,
+                "min_retention": self.min_retention, "retains_99": None if self.retention is None
+                else self.retention >= RETENTION, "retains_99_9": self.retains_strict}
+
+
+def judge(precision: str, agreement: Comparison, tolerance: Tolerance, *, worst_dice: float | None = None,
+          reference_vs_truth: float | None = None, candidate_vs_truth: float | None = None,
+          min_retention: float = RETENTION) -> Verdict:
+    """The verdict on a candidate of ``precision``: every verdict in flexunet (parity, export
+    verification, the INT8 search, ``flexunet tune``) comes from here.
+
+    Agreement (``agreement`` against the reference, ``tolerance``) is always measured.  With both
+    dice against ground truth known, a BF16/FP16/INT8 candidate is judged by retention instead:
+    it passes when ``candidate_vs_truth >= min_retention * reference_vs_truth``.  FP32 candidates,
+    and any candidate without truth, are judged by agreement.
+    """
+    precision = (precision or "").lower()
+    agreement_failures = tuple(tolerance.failures(agreement, worst_dice))
+    kept = retention(reference_vs_truth, candidate_vs_truth)
+    if precision in RETENTION_PRECISIONS and kept is not None:
+        failures = () if kept >= min_retention else (
+            f"dice vs truth {candidate_vs_truth:.6f} is {100 * kept:.2f}% of the reference's "
+            f"{reference_vs_truth:.6f} (< {100 * min_retention:g}%)",)
+        why = f"{precision} with ground truth: accuracy retention >= {100 * min_retention:g}% decides"
+        return Verdict(RETENTION_RULE, not failures, failures, agreement_failures, kept, min_retention, why)
+    if precision in RETENTION_PRECISIONS:
+        what = "ground truth the reference scores 0 on" if reference_vs_truth == 0 else "no ground truth"
+        why = f"{precision}, {what}: agreement with the reference decides"
+    elif kept is not None:
+        why = f"{precision or 'unknown precision'}: agreement decides even with ground truth (a mismatch is a bug)"
+    else:
+        why = f"{precision or 'unknown precision'}: agreement with the reference decides"
+    return Verdict(AGREEMENT, not agreement_failures, agreement_failures, agreement_failures, kept,
+                   min_retention, why)

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flexunet.core.config_checks import (
-    boolean, class_color_map, color, integer, integer_list, key, number, number_list, pair, path_text,
-    string, string_list, symbol,
+    Invalid, boolean, class_color_map, color, integer, integer_list, key, number, number_list, pair,
+    path_text, string, string_list, symbol,
 )
-from flexunet.core.config_reader import COLOR_CONVERSIONS, INTERPOLATIONS
+from flexunet.core.config_reader import COLOR_CONVERSIONS, INTERPOLATIONS, brief
 from flexunet.core.errors import ConfigError
 from flexunet.core.tiling import BLEND_MODES, DEFAULT_BLEND, DEFAULT_OVERLAP
 
@@ -65,6 +65,9 @@ class ModelConfig:
     max_filter: int = key(512, integer(1, 65536))
     base_ksize: tuple = key((3, 3), pair(1, odd=True, equal=True))
     efficientnet: str = key("B0", string(EFFICIENTNETS))
+    # EfficientNet backbones as the seed builds them (for ImageNet weights: a per-channel 1/sqrt(stddev)
+    # Rescaling after the Normalization); False for a seed model built with weights=None
+    efficientnet_imagenet_scaling: bool = key(True, boolean)
 
 
 @dataclass
@@ -151,6 +154,9 @@ class DatasetConfig:
     tiling: bool = key(False, boolean)
     tile_overlap: int = key(0, integer(0))
     max_tiles_per_image: int | None = key(None, integer(1, optional=True))
+    # the seed's: divide images by 255 before the network (its default: raw 0..255 pixels; the plain
+    # UNet divides inside the network when [model] input_normalize, the other architectures never do)
+    image_normalize: bool = key(False, boolean)
 
 
 @dataclass
@@ -162,11 +168,94 @@ class GeneratorConfig:
     angles: list = key([90.0, 180.0, 270.0], number_list)
 
 
+def _numbers(lo: float | None = None, hi: float | None = None, lo_open: bool = False):
+    """A list of numbers, each within ``number``'s bounds."""
+    one = number(lo, hi, lo_open=lo_open)
+
+    def check(v):
+        values = number_list(v)
+        for x in values:
+            one(x)
+        return values
+    return check
+
+
+def _centers(v):
+    """A non-empty list of ``(x, y)`` centres, fractions of the width and height in [0, 1]."""
+    if (not isinstance(v, (list, tuple)) or not v or any(
+            not isinstance(c, (list, tuple)) or len(c) != 2 or any(
+                isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 <= x <= 1 for x in c)
+            for c in v)):
+        raise Invalid(f"expected a list of (x, y) fractions in [0, 1] like [(0.5, 0.5)], got {brief(v)}")
+    return [(float(x), float(y)) for x, y in v]
+
+
+@dataclass
+class AugmentorConfig:
+    """The seed's [augmentor] switches (flexunet.train.augment). hflip, vflip, rotation and angles
+    fall back to [generator]'s keys of the same names where [augmentor] does not give them."""
+
+    vflip: bool = key(True, boolean)
+    hflip: bool = key(True, boolean)
+    rotation: bool = key(True, boolean)
+    angles: list = key([90.0, 180.0, 270.0], _numbers(-360.0, 360.0))
+    shrinks: list = key([0.8], _numbers(0.0, 1.0, lo_open=True))
+    shears: list = key([], _numbers(-1.0, 1.0))
+    deformation: bool = key(False, boolean)
+    distortion: bool = key(False, boolean)
+    barrdistortion: bool = key(False, boolean)
+    pincdistortion: bool = key(False, boolean)
+    sharpening: bool = key(False, boolean)
+    brightening: bool = key(False, boolean)
+
+
+@dataclass
+class DeformationConfig:
+    """Elastic deformation: displacement = gaussian(uniform noise, sigmoid) * alpah (the seed's spelling)."""
+
+    alpah: float = key(1300.0, number(0.0, 1e5, lo_open=True), aliases=("alpha",))
+    sigmoid: float = key(8.0, number(0.0, 100.0, lo_open=True))
+    sigmoids: list | None = key(None, lambda v: None if v is None else _numbers(0.0, 100.0, lo_open=True)(v))
+
+
+@dataclass
+class DistortionConfig:
+    gaussian_filter_rsigma: float = key(40.0, number(0.0, 1000.0, lo_open=True))
+    gaussian_filter_sigma: float = key(0.5, number(0.0, 100.0))
+    distortions: list = key([0.02], _numbers(0.0, 0.5, lo_open=True))
+
+
+@dataclass
+class BarrDistortionConfig:
+    radius: float = key(0.5, number(0.0, 2.0, lo_open=True))
+    amount: float = key(0.5, number(-10.0, 10.0))
+    centers: list = key([(0.5, 0.5)], _centers)
+
+
+@dataclass
+class PincDistortionConfig(BarrDistortionConfig):
+    amount: float = key(-0.5, number(-10.0, 10.0))
+
+
+@dataclass
+class SharpeningConfig:
+    k: float = key(1.0, number(0.0, 100.0))
+
+
+@dataclass
+class BrighteningConfig:
+    alpha: float = key(1.2, number(0.0, 100.0, lo_open=True))
+    beta: float = key(10.0, number(-255.0, 255.0))
+
+
 #: Each section the project uses and its type ([eval] is also read from the seeds' [valid]).
 SECTION_TYPES = {
     "model": ModelConfig, "train": TrainConfig, "eval": SplitConfig, "test": SplitConfig,
     "infer": InferConfig, "tiledinfer": TiledInferConfig, "segmentation": SegmentationConfig,
     "image": ImageConfig, "mask": MaskConfig, "dataset": DatasetConfig, "generator": GeneratorConfig,
+    "augmentor": AugmentorConfig, "deformation": DeformationConfig, "distortion": DistortionConfig,
+    "barrdistortion": BarrDistortionConfig, "pincdistortion": PincDistortionConfig,
+    "sharpening": SharpeningConfig, "brightening": BrighteningConfig,
 }
 
 
@@ -186,6 +275,13 @@ class Config:
     mask: MaskConfig
     dataset: DatasetConfig
     generator: GeneratorConfig
+    augmentor: AugmentorConfig = field(default_factory=AugmentorConfig)
+    deformation: DeformationConfig = field(default_factory=DeformationConfig)
+    distortion: DistortionConfig = field(default_factory=DistortionConfig)
+    barrdistortion: BarrDistortionConfig = field(default_factory=BarrDistortionConfig)
+    pincdistortion: PincDistortionConfig = field(default_factory=PincDistortionConfig)
+    sharpening: SharpeningConfig = field(default_factory=SharpeningConfig)
+    brightening: BrighteningConfig = field(default_factory=BrighteningConfig)
     data_root: Path | None = None
     raw: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)

@@ -107,6 +107,9 @@ class ModelInfo:
     source_config_path: str = ""
     keras_weights_sha256: str = ""
     versions: dict = field(default_factory=dict)
+    mpp: float | None = None           # microns per pixel of the training images (whole slides: the level read)
+    measured_overlap: int | None = None  # smallest overlap whose tiles agree with a whole-image pass (export)
+    activation_bytes: int | None = None  # bytes per input pixel of the network's intermediate tensors (export)
 
     @property
     def tile_size(self) -> tuple[int, int]:
@@ -149,6 +152,11 @@ class ModelInfo:
         for key in _TEXT_FIELDS:
             if not isinstance(getattr(self, key), str):
                 yield key, f"must be text, got {_shown(getattr(self, key))}"
+        if self.mpp is not None and not (_is_number(self.mpp) and self.mpp > 0):
+            yield "mpp", f"must be null or a number > 0 (microns per pixel), got {_shown(self.mpp)}"
+        for key in ("measured_overlap", "activation_bytes"):
+            if getattr(self, key) is not None and _int_at_least(getattr(self, key), 0):
+                yield key, f"must be null or an integer >= 0, got {_shown(getattr(self, key))}"
         if not isinstance(self.versions, dict):
             yield "versions", f"must be an object, got {_shown(self.versions)}"
 

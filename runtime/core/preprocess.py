@@ -2,8 +2,9 @@
 
 Training and every backend feed the model through the same :class:`Preprocess`, and the spec is
 stored in the exported model's metadata, so a production box reproduces training exactly.
-The model receives float32 NHWC tensors; with ``input_normalize`` the model's own Rescaling layer
-divides by 255 (``scale`` stays 1.0), otherwise ``scale`` is 1/255.
+The model receives float32 NHWC tensors. As in the seed API, ``scale`` is 1/255 only with ``[dataset]
+image_normalize`` (default: raw 0..255 pixels); the plain UNet with ``[model] input_normalize`` divides
+by 255 in its own Rescaling layer, the seed's other architectures see the pixels as given.
 """
 from __future__ import annotations
 
@@ -98,5 +99,5 @@ class Preprocess:
             color_converter=cfg.image.color_converter,
             gamma=cfg.image.gamma,
             sharpening=cfg.image.sharpening,
-            scale=1.0 if cfg.model.input_normalize else 1.0 / 255.0,
+            scale=1.0 / 255.0 if cfg.dataset.image_normalize else 1.0,  # as the seed's datasets
         )

@@ -46,35 +46,42 @@ def checked_int(value: int, name: str, minimum: int) -> int:
     return value
 
 
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+def tile_starts(length: int, tile: int, overlap: int, align: int = 1) -> list[int]:
     """Start offsets of the tiles along one axis.
 
     Tiles of size ``tile`` placed at the returned offsets cover ``[0, length)`` and every pair of
-    neighbours shares at least ``overlap`` pixels.  Offsets step by ``stride = tile - overlap``;
-    the last tile is shifted inward so that it ends exactly at ``length``.  The offsets are unique
-    and increasing, the first is 0.
+    neighbours shares at least ``overlap`` pixels.  Offsets step by ``stride = tile - overlap``
+    (rounded down to a multiple of ``align``); the last tile is shifted inward so that it ends
+    exactly at ``length``.  The offsets are unique and increasing, the first is 0.
 
     Args:
         length: size of the (already padded) axis, ``>= tile``.
         tile: tile size along the axis, ``>= 1``.
         overlap: minimum number of pixels shared by neighbouring tiles, ``0 <= overlap < tile``.
+        align: every offset is a multiple of it (``length`` and ``tile`` must then be multiples of
+            it too).  A network that downsamples by ``align`` then sees the same pooling grid in
+            every tile as in the whole image, so tiles agree with a whole-image pass.
 
     Returns:
         The start offsets, e.g. ``tile_starts(10, 4, 1) == [0, 3, 6]``.
 
     Raises:
-        ValueError: if ``length < tile`` (pad the image first) or ``overlap`` is outside
-            ``[0, tile)``.
+        ValueError: if ``length < tile`` (pad the image first), ``overlap`` is outside
+            ``[0, tile)``, or ``length`` or ``tile`` is not a multiple of ``align``.
     """
     tile = checked_int(tile, "tile", 1)
     length = checked_int(length, "length", 1)
     overlap = checked_int(overlap, "overlap", 0)
+    align = checked_int(align, "align", 1)
     if overlap >= tile:
         raise ValueError(f"overlap must be smaller than the tile ({tile}), got {overlap}")
     if length < tile:
         raise ValueError(f"length {length} is smaller than the tile {tile}; pad the image first")
+    if length % align or tile % align:
+        raise ValueError(f"length {length} and tile {tile} must be multiples of align {align}")
     last = length - tile
-    return [*range(0, last, tile - overlap), last]
+    stride = max(align, (tile - overlap) // align * align)
+    return [*range(0, last, stride), last]
 
 
 @dataclass(frozen=True)
@@ -121,18 +128,18 @@ class TileGrid:
         return slice(y, y + self.tile_h), slice(x, x + self.tile_w)
 
 
-def make_grid(height: int, width: int, tile_h: int, tile_w: int, overlap: int) -> TileGrid:
+def make_grid(height: int, width: int, tile_h: int, tile_w: int, overlap: int, align: int = 1) -> TileGrid:
     """Grid of ``tile_h x tile_w`` tiles over a ``height x width`` image.
 
     The image must be at least the tile size; call :func:`padded_size` and :func:`pad_image` (or
     :func:`plan`) first for smaller ones.  ``overlap`` applies to both axes and must be smaller
-    than both tile sides.
+    than both tile sides; ``align`` as for :func:`tile_starts`.
 
     Raises:
         ValueError: for an image smaller than the tile or an invalid overlap.
     """
-    ys = tile_starts(height, tile_h, overlap)
-    xs = tile_starts(width, tile_w, overlap)
+    ys = tile_starts(height, tile_h, overlap, align)
+    xs = tile_starts(width, tile_w, overlap, align)
     return TileGrid(
         height=int(height), width=int(width), tile_h=int(tile_h), tile_w=int(tile_w),
         overlap=int(overlap), ys=tuple(ys), xs=tuple(xs),
@@ -228,13 +235,16 @@ def plan(height: int, width: int, tile_h: int, tile_w: int, overlap: int,
     """Padded size and tile grid for a ``height x width`` image.
 
     The image is padded only when it is smaller than a tile, or to round its size up to
-    ``multiple`` (see :func:`padded_size`).
+    ``multiple`` (see :func:`padded_size`).  When both tile sides are multiples of ``multiple``,
+    the tiles start at multiples of it too (``align``, :func:`tile_starts`): a network that needs
+    sizes divisible by ``multiple`` then pools every tile on the whole image's grid.
 
     Returns:
         ``(padded_h, padded_w, grid)`` with ``grid = make_grid(padded_h, padded_w, ...)``.
     """
     padded_h, padded_w = padded_size(height, width, tile_h, tile_w, multiple)
-    return padded_h, padded_w, make_grid(padded_h, padded_w, tile_h, tile_w, overlap)
+    align = multiple if tile_h % multiple == 0 and tile_w % multiple == 0 else 1
+    return padded_h, padded_w, make_grid(padded_h, padded_w, tile_h, tile_w, overlap, align)
 
 
 def fit_tile(height: int, width: int, overlap: int, multiple: int = 1, max_side: int = 1536) -> tuple[int, int]:
