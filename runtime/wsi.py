@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,6 +41,9 @@ from flexunet.runtime.wsi_writer import SlideWriter
 
 REGION = 2048             # target side of a region's core, analysed pixels
 REGIONS_IN_FLIGHT = 2     # regions read but not yet written, at most
+PROGRESS_SECONDS = 10.0   # a long slide reports its regions done at most this often
+
+log = logging.getLogger("flexunet")
 THUMBNAIL_SIDE = 2048     # the thumbnail the tissue is detected on
 PREVIEW_SIDE = 1024       # the preview PNG
 
@@ -206,9 +210,15 @@ def _run_regions(segmenter: Segmenter, view: SlideView, layout: Layout, regions:
             raise ImageReadError(f"{task.path}: cannot read the region at x={x}, y={y} "
                                  f"({first_line(exc, 120)})") from None
 
+    done, last = [0], [time.perf_counter()]
+
     def write(region: SlideTask, result) -> None:
         (cy, cx, ch, cw), (ry, rx, _, _) = boxes[region.path]
         writer.add(cy, cx, result.labels[cy - ry:cy - ry + ch, cx - rx:cx - rx + cw])
+        done[0] += 1
+        if time.perf_counter() - last[0] >= PROGRESS_SECONDS and done[0] < len(boxes):
+            last[0] = time.perf_counter()
+            log.info("%s: %d/%d regions with tissue segmented", task.path.name, done[0], len(boxes))
 
     pipeline = Pipeline(segmenter.backend, layout, read=read, prepare=segmenter.info.preprocess,
                         finish=lambda _task, image, probs: segmenter._finish(image, probs), write=write,

@@ -31,11 +31,11 @@ network.
 """
 from __future__ import annotations
 
-import numbers
 
 import keras
 
 from flexunet.architectures.bilinear import upsample_bilinear
+from flexunet.architectures.checks import require_common
 
 __all__ = ["build", "build_attention_unet", "required_multiple"]
 
@@ -48,17 +48,8 @@ def required_multiple(m) -> int:
 
 def _check(height, width, num_layers, base_filters, num_classes, dropout_rate):
     """One-line ``ValueError`` for settings this network cannot be built with."""
-    for what, value, low in (("num_layers", num_layers, 2), ("base_filters", base_filters, 1),
-                             ("num_classes", num_classes, 1)):
-        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
-            raise ValueError(f"{what} must be an int >= {low}; got {value!r}")
-    if not 0.0 <= dropout_rate < 1.0:
-        raise ValueError(f"dropout_rate must be in [0, 1); got {dropout_rate!r}")
-    multiple = 2 ** (num_layers - 1)
-    for what, size in (("image_height", height), ("image_width", width)):
-        if size is not None and (size < 1 or size % multiple):
-            raise ValueError(f"{what} must be a positive multiple of {multiple} for TensorflowAttentionUNet "
-                             f"with num_layers={num_layers}; got {size}")
+    require_common("TensorflowAttentionUNet", height, width, required_multiple(num_layers), dropout_rate,
+                   num_layers=(num_layers, 2), base_filters=(base_filters, 1), num_classes=(num_classes, 1))
 
 
 class _Blocks:

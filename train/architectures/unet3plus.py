@@ -35,11 +35,11 @@ weight-owning layers in the seed's order.
 """
 from __future__ import annotations
 
-import numbers
 
 import keras
 
 from flexunet.architectures.bilinear import upsample_bilinear
+from flexunet.architectures.checks import require_common
 
 __all__ = ["build", "build_unet3plus", "required_multiple"]
 
@@ -55,20 +55,12 @@ def required_multiple(m=None) -> int:
 
 def _check(height, width, num_layers, base_filters, num_classes, dropout_rate):
     """One-line ``ValueError`` for settings this network cannot be built with."""
-    for what, value, low in (("num_layers", num_layers, LEVELS), ("base_filters", base_filters, 1),
-                             ("num_classes", num_classes, 1)):
-        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
-            raise ValueError(f"{what} must be an int >= {low} for TensorflowUNet3Plus; got {value!r}")
-    if not 0.0 <= dropout_rate < 1.0:
-        raise ValueError(f"dropout_rate must be in [0, 1); got {dropout_rate!r}")
+    require_common("TensorflowUNet3Plus", height, width, required_multiple(), dropout_rate,
+                   num_layers=(num_layers, LEVELS), base_filters=(base_filters, 1),
+                   num_classes=(num_classes, 1))
     if dropout_rate * 2 >= 1.0:
         raise ValueError(f"dropout_rate {dropout_rate} * 2 must be < 1 (the second convolution of "
                          "each encoder level drops twice the rate)")
-    multiple = required_multiple()
-    for what, size in (("image_height", height), ("image_width", width)):
-        if size is not None and (size < 1 or size % multiple):
-            raise ValueError(f"{what} must be a positive multiple of {multiple} for TensorflowUNet3Plus; "
-                             f"got {size}")
 
 
 class _Units:
