@@ -18,7 +18,7 @@ from flexunet.runtime.bench import run_bench
 from flexunet.runtime.bench_report import write_reports
 from flexunet.runtime.bench_seed import BASELINES
 from flexunet.runtime.bench_timing import DEFAULT_BATCH_SIZES, parse_batch_sizes
-from flexunet.runtime.infer_cli import BACKEND_HELP, THREADS_HELP, TileSize
+from flexunet.runtime.infer_cli import BACKEND_HELP, OVERLAP_HELP, THREADS_HELP, TILE_HELP, TileSize
 
 EPILOG = (
     "Measures (warm-up excluded): predict latency per batch (p50/p90/p99, tiles/s) for each --batch-sizes "
@@ -60,8 +60,8 @@ class BatchSizes(click.ParamType):
               help="End-to-end folder runs (the fastest is reported).")
 @click.option("--batch-size", type=click.IntRange(min=1),
               help="Batch size of the end-to-end runs [default: the fastest of the sweep].")
-@click.option("--tile", type=TileSize(), help="Tile size N or HxW [default: the model's input size].")
-@click.option("--overlap", type=click.IntRange(min=0), help="Tile overlap in pixels [default: the model's].")
+@click.option("--tile", type=TileSize(), help=TILE_HELP)
+@click.option("--overlap", type=click.IntRange(min=0), help=OVERLAP_HELP)
 @click.option("--blend", type=click.Choice(BLEND_MODES), help="Blending of overlapping tiles [default: the model's].")
 @click.option("--threads", type=click.IntRange(min=1), help=THREADS_HELP)
 @click.option("--config", type=click.Path(dir_okay=False, path_type=Path),
