@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from flexunet.core.config import load_config
 from flexunet.core.errors import ConfigError
 from flexunet.core.imageio import read_mask
+from tiny_configs import splits
 
 SEED_MODELS = Path(__file__).resolve().parent / "seed_models"
 ARCHS = ["TensorflowAttentionUNet", "TensorflowUNet3Plus"]
@@ -148,26 +149,7 @@ dropout_rate   = 0.05
 learning_rate  = 0.005
 loss           = "bce_dice_loss"
 metrics        = ["dice_coef"]
-
-[train]
-epochs        = 1
-batch_size    = 8
-patience      = 0
-learning_rate_reducer = False
-image_datapath = "./data/train/images"
-mask_datapath  = "./data/train/masks"
-
-[eval]
-image_datapath = "./data/valid/images"
-mask_datapath  = "./data/valid/masks"
-
-[test]
-image_datapath = "./data/test/images"
-mask_datapath  = "./data/test/masks"
-
-[tiledinfer]
-overlapping = 16
-"""
+""" + splits(epochs=1, batch_size=8)
 
 
 @pytest.mark.slow

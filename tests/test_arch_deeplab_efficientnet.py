@@ -19,6 +19,7 @@ import pytest
 
 from flexunet.core.config import load_config
 from flexunet.core.errors import ConfigError
+from tiny_configs import splits
 
 SEED_MODELS = Path(__file__).resolve().parent / "seed_models"
 
@@ -291,26 +292,7 @@ metrics        = ["dice_coef"]
 
 [dataset]
 image_normalize = True
-
-[train]
-epochs        = 1
-batch_size    = 4
-patience      = 0
-learning_rate_reducer = False
-image_datapath = "./data/train/images"
-mask_datapath  = "./data/train/masks"
-
-[eval]
-image_datapath = "./data/valid/images"
-mask_datapath  = "./data/valid/masks"
-
-[test]
-image_datapath = "./data/test/images"
-mask_datapath  = "./data/test/masks"
-
-[tiledinfer]
-overlapping = 16
-"""
+""" + splits(epochs=1, batch_size=4)
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from flexunet.cli import cli
 from flexunet.core.config import load_config
 from flexunet.train.synth import CLASS_COLORS_RGB, make_dataset
+from tiny_configs import splits
 
 CONFIG = """
 [model]
@@ -27,26 +28,7 @@ dropout_rate   = 0.0
 learning_rate  = 0.005
 loss           = "{loss}"
 metrics        = ["{metric}"]
-
-[train]
-epochs        = 3
-batch_size    = 8
-patience      = 0
-learning_rate_reducer = False
-image_datapath = "./data/train/images"
-mask_datapath  = "./data/train/masks"
-
-[eval]
-image_datapath = "./data/valid/images"
-mask_datapath  = "./data/valid/masks"
-
-[test]
-image_datapath = "./data/test/images"
-mask_datapath  = "./data/test/masks"
-
-[tiledinfer]
-overlapping = 16
-
+""" + splits(epochs=3, batch_size=8) + """
 [segmentation]
 white = "green"
 {extra}
