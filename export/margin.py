@@ -142,17 +142,3 @@ def measure(onnx_path: Path, info: ModelInfo, cfg) -> dict:
     return {"measured_overlap": info.measured_overlap, "agrees": rows[-1]["agrees"], "tile": tile,
             "crop": side, "images": source, "criteria": {"dice": AGREEMENT_DICE, "tail_abs_diff": MAX_TAIL_DIFF},
             "tried": rows, "activation_bytes": info.activation_bytes}
-
-
-def write_metadata(onnx_path: Path, info: ModelInfo) -> None:
-    """Replace the flexunet metadata of an ONNX file with ``info``'s."""
-    import onnx
-
-    model = onnx.load_model(str(onnx_path))
-    props = {p.key: p.value for p in model.metadata_props}
-    props.update(info.to_metadata())
-    del model.metadata_props[:]
-    for key, value in props.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save_model(model, str(onnx_path))

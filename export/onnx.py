@@ -48,22 +48,33 @@ def read_info(onnx_path: Path) -> ModelInfo:
     return ModelInfo.from_metadata({p.key: p.value for p in proto.metadata_props}, str(onnx_path))
 
 
-def copy_metadata(src: Path, dest: Path, precision: str | None = None) -> None:
-    """Give ``dest`` the metadata of ``src`` (with ``precision`` in its model info when given)."""
+def _save_with_props(dest: Path, props: dict) -> None:
+    """Rewrite ``dest`` with ``props`` as its whole ``metadata_props``."""
     import onnx
 
-    a = load_graph(src)
-    b = onnx.load_model(str(dest))
-    props = {p.key: p.value for p in a.metadata_props}
+    model = onnx.load_model(str(dest))
+    del model.metadata_props[:]
+    for key, value in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save_model(model, str(dest))
+
+
+def copy_metadata(src: Path, dest: Path, precision: str | None = None) -> None:
+    """Give ``dest`` the metadata of ``src`` (with ``precision`` in its model info when given)."""
+    props = {p.key: p.value for p in load_graph(src).metadata_props}
     if precision is not None and METADATA_KEY in props:
         info = ModelInfo.from_json(props[METADATA_KEY])
         info.precision = precision
         props.update(info.to_metadata())
-    del b.metadata_props[:]
-    for k, v in props.items():
-        e = b.metadata_props.add()
-        e.key, e.value = k, v
-    onnx.save_model(b, str(dest))
+    _save_with_props(dest, props)
+
+
+def write_metadata(onnx_path: Path, info: ModelInfo) -> None:
+    """Replace the flexunet metadata of an ONNX file with ``info``'s (other entries kept)."""
+    props = {p.key: p.value for p in load_graph(onnx_path).metadata_props}
+    props.update(info.to_metadata())
+    _save_with_props(onnx_path, props)
 
 
 def optimize(src: Path, dest: Path) -> Path:

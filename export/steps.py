@@ -152,7 +152,7 @@ def tiling_defaults(ctx: ExportContext, path: Path) -> dict:
         if onnx_path.name != FP32_ONNX:
             for leftover in (onnx_path, onnx_path.with_name(onnx_path.name + ".data")):
                 leftover.unlink(missing_ok=True)
-    margin.write_metadata(ctx.tmp / FP32_ONNX, ctx.info)
+    ox.write_metadata(ctx.tmp / FP32_ONNX, ctx.info)
     return {**entry, "seconds": round(seconds, 2)}
 
 

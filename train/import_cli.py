@@ -72,12 +72,10 @@ def import_cmd(model, config, output):
     seed = read_seed_weights(model)  # not a seed model: refused before TensorFlow is imported
     check_build_memory(cfg)
     import_tensorflow_quietly()
-    from flexunet.architectures import build
-    from flexunet.architectures.seed_h5 import load_seed_weights
+    from flexunet.architectures.seed_h5 import rebuild_seed_model
     from flexunet.train.trainer import write_training_record
 
-    keras_model = build(cfg)
-    loaded = load_seed_weights(keras_model, seed, built_from=cfg_path)
+    keras_model, loaded = rebuild_seed_model(cfg, seed)
     click.echo(loaded.summary())
     click.echo(f"architecture: {cfg.model.model} from {cfg_path}; parameters: {keras_model.count_params()}")
     write_file(output, keras_model.save)
