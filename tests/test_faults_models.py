@@ -413,7 +413,10 @@ def test_ctrl_c_at_any_moment_is_exit_130_in_one_line(make_onnx, make_images, tm
     sent = 0
     for k, (marker, delay) in enumerate(SIGINT_MOMENTS):
         out = tmp_path / f"out{k}"
-        command = [*entries[k % len(entries)], "infer", str(model), "in", "-o", out.name, "--batch-size", "1"]
+        # 64 px tiles: a dynamic model's default (fit) would segment each image in one tile and end the run
+        # in under a second, before the later moments
+        command = [*entries[k % len(entries)], "infer", str(model), "in", "-o", out.name, "--batch-size", "1",
+                   "--tile", "64"]
         code, stderr, signalled = _interrupt(command, marker, delay, tmp_path)
         if not signalled:  # the run ended first (not expected: it lasts much longer)
             continue
