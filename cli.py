@@ -54,6 +54,22 @@ COMMANDS = {
 }
 
 
+class OneLineUsageError(click.UsageError):
+    """A usage error shown as one ``error:`` line (exit 2), like every other refusal of flexunet,
+    with where to find the command's help."""
+
+    def show(self, file=None) -> None:
+        where = f" (see '{self.ctx.command_path} --help')" if self.ctx is not None else ""
+        click.echo(f"error: {self.format_message().removesuffix('.')}{where}", file=file, err=True)
+
+
+def _one_line(exc: click.UsageError) -> click.UsageError:
+    """``exc`` as a :class:`OneLineUsageError` (help requested by running a group bare stays help)."""
+    if isinstance(exc, (OneLineUsageError, click.exceptions.NoArgsIsHelpError)):
+        return exc
+    return OneLineUsageError(exc.format_message(), exc.ctx)
+
+
 class LazyGroup(click.Group):
     def __init__(self, *args, lazy: dict[str, str] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -74,6 +90,19 @@ class LazyGroup(click.Group):
             return getattr(importlib.import_module(module), attr)
         return super().get_command(ctx, name)
 
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
+
+    def invoke(self, ctx):
+        """Run the subcommand; its usage errors (parsing, bad values) are one line."""
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
+
 
 @click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]},
              epilog=EXIT_CODES_HELP)
@@ -90,7 +119,7 @@ def main(argv=None):
 
     It installs the process's Ctrl-C handler (:func:`~flexunet.core.console.install_interrupt_handler`),
     and click runs without its standalone mode so that Ctrl-C never becomes click's ``Aborted!``
-    (exit 1); usage errors are shown as click shows them (exit 2)."""
+    (exit 1); usage errors are one ``error:`` line (exit 2), as :class:`OneLineUsageError` shows them."""
     console.install_interrupt_handler()
     setup_logging()
     quiet_tensorflow()

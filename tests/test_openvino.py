@@ -89,6 +89,29 @@ def test_one_backend_serves_changing_shapes(make_onnx):
             np.testing.assert_allclose(ov.predict(batch), ort.predict(batch), atol=1e-5)
 
 
+def test_a_dynamic_model_is_compiled_statically_per_batch_shape_then_dynamically(make_onnx):
+    """The first STATIC_COMPILES batch shapes get their own static model (a repeated shape is not
+    compiled again); later new shapes run on the dynamic one; every result matches ONNX Runtime."""
+    path = make_onnx(kernel=3)
+    shapes = [(1, 16 + 8 * i, 24) for i in range(ov_backend.STATIC_COMPILES + 3)]
+    with load_backend(path, "openvino") as ov, load_backend(path, "onnxruntime-cpu") as ort:
+        for step, (n, height, width) in enumerate([shapes[0], shapes[0], shapes[1], shapes[0]] + shapes):
+            batch = _batch(n, height, width, seed=step)
+            np.testing.assert_allclose(ov.predict(batch), ort.predict(batch), atol=1e-5)
+            if step == 3:  # two shapes so far, each compiled once
+                assert ov._static_compiles == 2
+        assert ov._static_compiles == ov_backend.STATIC_COMPILES
+        assert len([shape for shape in ov._requests if shape is not None]) == ov_backend.STATIC_KEPT
+        assert None in ov._requests  # the dynamic model ran the later shapes
+
+
+def test_a_model_of_fixed_shape_is_not_recompiled(make_onnx):
+    with load_backend(make_onnx(fixed=(32, 32), batch=2), "openvino") as ov:
+        for n in (1, 3, 2):
+            ov.predict(_batch(n, 32, 32))
+        assert ov._static_compiles == 0 and list(ov._requests) == [None]
+
+
 def test_results_are_copies(make_onnx):
     """A result stays valid while the next batch runs (the pipeline keeps several)."""
     with load_backend(make_onnx(), "openvino") as backend:

@@ -160,6 +160,27 @@ def test_ray_run_writes_what_a_local_run_writes_and_skips_corrupt_images(cluster
     assert any(p.read_bytes() == model.read_bytes() for p in shipped), shipped
 
 
+@pytest.mark.slow
+def test_ray_run_takes_a_seed_h5_with_its_config(cluster, make_images, tmp_path):
+    """A seed ``best_model.h5`` is rebuilt on the actors from the config found beside it on the
+    driver (``proj/train_eval_infer.config``), which is shipped with the weights: same outputs as a
+    local run."""
+    import shutil
+
+    pytest.importorskip("h5py")
+    seed = REPO / "tests" / "seed_models"
+    (tmp_path / "proj" / "models").mkdir(parents=True)
+    shutil.copy(seed / "TensorflowUNet.config", tmp_path / "proj" / "train_eval_infer.config")
+    model = Path(shutil.copy(seed / "TensorflowUNet.keras3.h5", tmp_path / "proj" / "models" / "best_model.h5"))
+    images = make_images(tmp_path / "in", [(64, 64), (96, 80)])
+    assert local_infer(model, *images, "-o", tmp_path / "local").exit_code == EXIT_OK
+    code, out, err = finish(flexunet("infer", model, *images, "-o", tmp_path / "ray", "--ray", cluster["gcs"],
+                                     "--ray-actors", "2"))
+    assert code == EXIT_OK, err
+    assert summary_counts(out) == {"done": 2, "skipped": 0, "resumed": 0}
+    assert output_files(tmp_path / "ray") == output_files(tmp_path / "local")
+
+
 def test_interrupted_ray_run_is_finished_by_resume(cluster, make_onnx, make_images, tmp_path):
     model = make_onnx()
     images = make_images(tmp_path / "in", [(1024, 1024)] * 16)
