@@ -54,12 +54,13 @@ def _check_counts(**counts: tuple[int, int]) -> None:
             raise FlexunetError(f"{name} must be at least {low}, got {value}")
 
 
-def _probe(backend: CountingBackend, model: Path, tile, overlap: int | None, blend: str | None, largest_batch: int):
+def _probe(backend: CountingBackend, model: Path, tile, overlap: int | None, blend: str | None, largest_batch: int,
+           memory_budget: int | None = None):
     """A Segmenter of the benchmark's layout (batch 1), once batches of ``largest_batch`` tiles are
     known to fit in memory (:func:`~flexunet.runtime.layout.check_memory`)."""
     from flexunet.runtime.segmenter import Segmenter
 
-    probe = Segmenter(backend, tile=tile, overlap=overlap, blend=blend, batch_size=1)
+    probe = Segmenter(backend, tile=tile, overlap=overlap, blend=blend, batch_size=1, memory_budget=memory_budget)
     try:
         check_memory(probe.layout(), backend.info, largest_batch, tile_source(tile, backend.fixed_size))
     except FlexunetError as exc:
@@ -105,7 +106,7 @@ def run_bench(model: str | os.PathLike, images: Sequence[str | os.PathLike], *, 
               batch_size: int | None = None, tile=None, overlap: int | None = None, blend: str | None = None,
               threads: int | None = None, config: str | os.PathLike | None = None, baseline: str | None = None,
               keras: str | os.PathLike | None = None, baseline_slides: int = 4,
-              progress: Progress | None = None) -> dict:
+              memory_budget: int | None = None, progress: Progress | None = None) -> dict:
     """Run the benchmark (see the module docstring); returns what bench.json holds.
 
     Args:
@@ -116,6 +117,7 @@ def run_bench(model: str | os.PathLike, images: Sequence[str | os.PathLike], *, 
             ``warmup`` untimed ones.
         runs: end-to-end folder runs (the fastest is reported).
         batch_size: batch size of the end-to-end runs (default: the sweep's highest tiles/s).
+        memory_budget: bytes for one batch; bounds ``fit`` tiles as for ``flexunet infer``.
         baseline: ``"seed"`` to time the seed API's loop on the ``.keras`` model (``model`` itself
             or ``keras``) over the first ``baseline_slides`` images.
 
@@ -138,13 +140,14 @@ def run_bench(model: str | os.PathLike, images: Sequence[str | os.PathLike], *, 
                           config=config if model.suffix.lower() in KERAS_SUFFIXES else None)
     try:
         counter = CountingBackend(loaded)
-        probe = _probe(counter, model, tile, overlap, blend, max([*batch_sizes, batch_size or 1]))
+        probe = _probe(counter, model, tile, overlap, blend, max([*batch_sizes, batch_size or 1]), memory_budget)
         say(f"backend: {loaded.name}; {probe.describe().rsplit(', batch', 1)[0]}")
         tiles, source = sample_tiles(paths, probe, max(batch_sizes))
         latency = latency_sweep(loaded, tiles, batch_sizes, repeat, warmup, say)
         del tiles
         fastest = max(latency, key=lambda r: r["tiles_per_s"] or 0.0)["batch_size"]
-        seg = Segmenter(counter, tile=tile, overlap=overlap, blend=blend, batch_size=batch_size or fastest)
+        seg = Segmenter(counter, tile=tile, overlap=overlap, blend=blend, batch_size=batch_size or fastest,
+                        memory_budget=memory_budget)
         e2e = end_to_end(seg, paths, runs, say)
         result_baseline = None if keras_path is None else \
             _baseline(loaded, model, keras_path, config, seg, paths, e2e, runs, baseline_slides, say)

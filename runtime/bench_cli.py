@@ -19,6 +19,7 @@ from flexunet.runtime.bench_report import write_reports
 from flexunet.runtime.bench_seed import BASELINES
 from flexunet.runtime.bench_timing import DEFAULT_BATCH_SIZES, parse_batch_sizes
 from flexunet.runtime.infer_cli import BACKEND_HELP, OVERLAP_HELP, THREADS_HELP, TILE_HELP, TileSize
+from flexunet.runtime.layout import DEFAULT_MEMORY_BUDGET, parse_bytes
 
 EPILOG = (
     "Measures (warm-up excluded): predict latency per batch (p50/p90/p99, tiles/s) for each --batch-sizes "
@@ -62,6 +63,9 @@ class BatchSizes(click.ParamType):
               help="Batch size of the end-to-end runs [default: the fastest of the sweep].")
 @click.option("--tile", type=TileSize(), help=TILE_HELP)
 @click.option("--overlap", type=click.IntRange(min=0), help=OVERLAP_HELP)
+@click.option("--memory-budget", metavar="SIZE",
+              help=f"Memory for one batch, e.g. 1G, 800M [default: {DEFAULT_MEMORY_BUDGET // 2**30}G]; bounds 'fit' "
+                   "tiles as in flexunet infer.")
 @click.option("--blend", type=click.Choice(BLEND_MODES), help="Blending of overlapping tiles [default: the model's].")
 @click.option("--threads", type=click.IntRange(min=1), help=THREADS_HELP)
 @click.option("--config", type=click.Path(dir_okay=False, path_type=Path),
@@ -74,7 +78,7 @@ class BatchSizes(click.ParamType):
               help="Images (the first ones) the slow baseline runs on.")
 @handle_errors
 def bench_cmd(model, images, report_dir, backend, batch_sizes, repeat, warmup, runs, batch_size, tile, overlap,
-              blend, threads, config, baseline, keras, baseline_slides):
+              memory_budget, blend, threads, config, baseline, keras, baseline_slides):
     """Benchmark MODEL (.onnx, .keras, .engine/.plan) on IMAGES (files and folders).
 
     Writes REPORT_DIR/bench.json, bench.md and bench.png (the chart needs matplotlib).
@@ -86,7 +90,7 @@ def bench_cmd(model, images, report_dir, backend, batch_sizes, repeat, warmup, r
     data = run_bench(model, images, backend=backend, batch_sizes=batch_sizes, repeat=repeat, warmup=warmup,
                      runs=runs, batch_size=batch_size, tile=tile, overlap=overlap, blend=blend, threads=threads,
                      config=config, baseline=baseline, keras=keras, baseline_slides=baseline_slides,
-                     progress=lambda line: click.echo(line, err=True))
+                     memory_budget=None if memory_budget is None else parse_bytes(memory_budget), progress=lambda line: click.echo(line, err=True))
     files, note = write_reports(data, report_dir)
     if note:
         click.echo(f"note: {note}", err=True)

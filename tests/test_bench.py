@@ -97,6 +97,23 @@ def test_bench_run_produces_every_field_and_file(make_onnx, make_images, tmp_pat
     assert chart.shape[1] > chart.shape[0] > 100
 
 
+def test_memory_budget_bounds_fitted_tiles_as_in_infer(make_onnx, make_images, tmp_path):
+    make_images(tmp_path / "in", [(90, 120)])
+    model = make_onnx(activation_bytes=1000)  # ~1 KB per pixel: 1 MiB holds a tile of about 32x32
+    tiles = {}
+    for budget in ("1M", "1G"):
+        out = tmp_path / budget
+        result = bench(model, tmp_path / "in", "-o", out, "--batch-sizes", "1", "--repeat", 1, "--warmup", 0,
+                       "--runs", 1, "--memory-budget", budget)
+        assert result.exit_code == EXIT_OK, (result.stdout, result.stderr)
+        tiles[budget] = json.loads((out / "bench.json").read_text())["end_to_end"]["tiles"]
+    assert tiles["1G"] == 1 and tiles["1M"] >= (90 // 32) * (120 // 32), tiles  # one fitted tile vs <= 32 px ones
+    result = bench(model, tmp_path / "in", "-o", tmp_path / "bad", "--memory-budget", "lots")
+    lines = result.stderr.splitlines()
+    assert result.exit_code == EXIT_USAGE and len(lines) == 1 and "memory budget" in lines[0], result.stderr
+    assert not (tmp_path / "bad").exists()
+
+
 def test_chart_is_skipped_without_matplotlib(monkeypatch, tmp_path):
     for name in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
         monkeypatch.setitem(sys.modules, name, None)
