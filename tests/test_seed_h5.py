@@ -37,7 +37,7 @@ def _cases():
         if entry["arch"] not in ARCHITECTURES or not files.get("reference", {}).get("kept"):
             continue
         for kind, f in sorted(files.items()):
-            if kind != "reference" and f["kept"]:
+            if kind in ("whole", "weights") and f["kept"]:
                 yield pytest.param(entry["arch"], f["file"], files["reference"]["file"], entry["params"],
                                    id=f["file"])
 
@@ -173,35 +173,57 @@ def test_no_config_is_one_line_saying_to_pass_it(tmp_path):
     _one_line_error(_run("import", not_h5, "-o", tmp_path / "m.keras"), "m.h5", "not an HDF5 file")
 
 
-def _poisoned(tmp_path: Path, marker: Path) -> Path:
-    """A copy of the seed's whole-model file whose Lambda would create ``marker`` if it ever ran."""
+def _poisoned(tmp_path: Path, marker: Path, h5: str = "TensorflowUNet.keras3.h5") -> Path:
+    """A copy of a seed whole-model file whose Lambda (the seed's x/255 one, or for an architecture
+    without one a Lambda added to its model_config) would create ``marker`` if it ever ran."""
     import h5py
 
     ns: dict = {}
     exec(f"f = lambda x: (__import__('pathlib').Path({str(marker)!r}).write_text('ran'), x / 255.0)[1]", ns)
     code = base64.encodebytes(marshal.dumps(ns["f"].__code__)).decode("ascii")
-    path = Path(shutil.copy(SEED / "TensorflowUNet.keras3.h5", tmp_path / "best_model.h5"))
-    with h5py.File(path, "r+") as h5:
-        config = json.loads(h5.attrs["model_config"])
-        lambdas = [layer for layer in config["config"]["layers"] if layer["class_name"] == "Lambda"]
-        assert lambdas
-        lambdas[0]["config"]["function"]["config"]["code"] = code
-        h5.attrs["model_config"] = json.dumps(config)
+    path = Path(shutil.copy(SEED / h5, tmp_path / "best_model.h5"))
+    with h5py.File(path, "r+") as f:
+        config = json.loads(f.attrs["model_config"])
+        tf2 = str(f.attrs["keras_version"]).startswith("2")
+        layers = config["config"]["layers"]
+        lambdas = [layer for layer in layers if layer["class_name"] == "Lambda"]
+        if not lambdas:
+            lambdas = [{"class_name": "Lambda", "name": "payload", "config": {"name": "payload"},
+                        "inbound_nodes": []}]
+            layers.insert(1, lambdas[0])
+        if tf2:  # [code, defaults, closure]
+            lambdas[0]["config"].update(function=[code, None, None], function_type="lambda")
+        elif isinstance(lambdas[0]["config"].get("function"), dict):
+            lambdas[0]["config"]["function"]["config"]["code"] = code
+        else:
+            lambdas[0]["config"]["function"] = {"class_name": "__lambda__",
+                                                "config": {"code": code, "defaults": None, "closure": None}}
+        f.attrs["model_config"] = json.dumps(config)
     return path
 
 
-def test_no_code_from_the_file_runs(tmp_path):
+# every architecture's Keras 3 whole model; tf.keras 2 ones where the seed's Lambda is in the file
+WHOLE = [p for p in CASES if p.values[1].endswith(".keras3.h5") or p.values[1] in (
+    "TensorflowUNet.tfkeras2.h5", "TensorflowMultiResUNet.tfkeras2.h5")]
+
+
+@pytest.mark.parametrize("arch, h5, npz, params", WHOLE)
+def test_no_code_from_the_file_runs(tmp_path, arch, h5, npz, params):
     from flexunet.architectures.seed_h5 import rebuild_seed_model
 
     marker = tmp_path / "code_ran.txt"
-    path = _poisoned(tmp_path, marker)
-    shutil.copy(SEED / "TensorflowUNet.config", tmp_path / "train_eval_infer.config")
-    model, _ = rebuild_seed_model(load_config(tmp_path / "train_eval_infer.config"), path)
-    ref = np.load(SEED / "TensorflowUNet.keras3.npz")
-    y = np.asarray(model.predict_on_batch(ref["x"].astype(np.float32)))
+    path = _poisoned(tmp_path, marker, h5)
+    shutil.copy(SEED / f"{arch}.config", tmp_path / "train_eval_infer.config")
+    cfg = load_config(tmp_path / "train_eval_infer.config")
+    model, _ = rebuild_seed_model(cfg, path)
+    ref = np.load(SEED / npz)
+    y = np.asarray(model.predict_on_batch(_fed(ref, cfg)))
     assert float(np.abs(y - ref["y"]).max()) <= 1e-5
-    assert _run("import", path, "-o", tmp_path / "m.keras").exit_code == 0
+    if arch == "TensorflowUNet":  # the command goes the same way (both Lambda formats)
+        assert _run("import", path, "-o", tmp_path / "m.keras").exit_code == 0
     assert not marker.exists()
+    if h5 != "TensorflowUNet.keras3.h5":
+        return
     # the file is a real trap: deserialising it the usual way runs the code
     import keras
 
@@ -285,8 +307,8 @@ def test_summary_prints_the_seed_parameter_count(arch, params):
     assert f"parameters: {params}" in result.stdout.splitlines()
 
 
-@pytest.mark.parametrize("name", ["TensorflowTransUNet", "TensorflowSwinUNet", "TensorflowU2Net",
-                                  "TensorFlowFlexTransUNet", "TensorflowFlexU2Net"])
+@pytest.mark.parametrize("name", ["TensorflowTransUNet", "TensorflowSwinUNet", "TensorFlowFlexTransUNet",
+                                  "TensorflowFlexSwinUNet"])
 def test_unsupported_architectures_are_refused_in_one_line(tmp_path, name):
     from flexunet.architectures import REFUSED
 
