@@ -103,6 +103,7 @@ def load_keras_model(path: str | os.PathLike, cfg=None):
     _import_keras()
     import keras
 
+    from flexunet.architectures import bilinear  # noqa: F401 -- registers flexunet>BilinearUpsampling
     from flexunet.architectures import prepare_loaded
 
     try:

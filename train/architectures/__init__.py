@@ -51,13 +51,13 @@ ARCHITECTURES = {
     "TensorflowEfficientNetB7UNet": "efficientnet_b7_unet",
     "TensorFlowFlexEfficientNetB7UNet": "efficientnet_b7_unet",
     "TensorflowFlexEfficientNetB7UNet": "efficientnet_b7_unet",
+    "TensorflowU2Net": "u2net", "TensorFlowFlexU2Net": "u2net", "TensorflowFlexU2Net": "u2net",
 }
 
 _TRANSUNET = ("flexunet has no builder for its ViT encoder (the seed's custom patch_extract/patch_embedding "
               "layers), and the seed's code does not build under Keras 3 (tf.reshape on a Keras tensor)")
 _SWINUNET = ("flexunet has no builder for its Swin Transformer blocks (the seed's custom layers), and the "
              "seed's code does not build under Keras 3 (shape.as_list() on a Keras 3 tuple shape)")
-_U2NET = "flexunet has no builder for the seed's U^2-Net (nested residual U-blocks) yet"
 #: Builder module -> whether the seed's network divides its input by 255 itself (an x/255 Lambda first):
 #: None = as ``[model] input_normalize`` says (the plain UNet), True = always (MultiResUNet). The others
 #: never do: they see the pixels as the pipeline gives them (raw unless ``[dataset] image_normalize``).
@@ -66,7 +66,7 @@ SEED_DIVIDES_BY_255 = {"unet": None, "multires_unet": True}
 #: Config model name -> why flexunet does not build it (one line).
 REFUSED: dict[str, str] = {
     prefix + arch: reason
-    for arch, reason in (("TransUNet", _TRANSUNET), ("SwinUNet", _SWINUNET), ("U2Net", _U2NET))
+    for arch, reason in (("TransUNet", _TRANSUNET), ("SwinUNet", _SWINUNET))
     for prefix in ("Tensorflow", "TensorFlowFlex", "TensorflowFlex")
 }
 

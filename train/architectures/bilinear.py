@@ -1,55 +1,63 @@
-"""Bilinear upsampling by an integer factor from weightless stock Keras layers, for any input size.
+"""Bilinear upsampling by an integer factor as one weightless layer that traces for any input size.
 
-``keras.layers.UpSampling2D(interpolation="bilinear")`` computes exactly this, but under the
-TensorFlow backend of Keras 3.15 it cannot be traced for an input of unknown height and width
+``keras.layers.UpSampling2D(interpolation="bilinear")`` computes this, but under the TensorFlow
+backend of Keras 3.15 it cannot be traced for an input of unknown height and width
 (``ops.image.resize`` checks ``size > 0`` in Python on a symbolic size), so a network using it
-cannot be exported with a dynamic size. :func:`upsample_bilinear` gives the same values (TensorFlow's
-half-pixel bilinear resize with edge clamping, to float rounding) from layers that trace with any
-size and convert to ONNX as Resize-free ``AveragePool``/``Mul``/``Add`` nodes.
+cannot be exported with a dynamic size. :class:`BilinearUpsampling` calls ``tf.image.resize``
+(half-pixel bilinear with edge clamping, the kernel ``UpSampling2D`` itself ends in) on a size
+computed from ``tf.shape``: it gives ``UpSampling2D``'s values exactly (max difference 0.0 in
+Keras), traces at a dynamic size and converts to a single ONNX ``Resize`` node
+(``coordinate_transformation_mode="half_pixel"``, linear; within ~1e-7 in ONNX Runtime).
 
-Why it is exact: per axis, bilinear upsampling by ``k`` of ``x`` is the nearest-neighbour repeat
-``y`` (each value ``k`` times) filtered with ``[1/2, 1, ..., 1, 1/2] / k`` (``k + 1`` taps centred
-on the output pixel), which is ``(k+1)/(2k)`` times the centred mean of ``k + 1`` values plus
-``(k-1)/(2k)`` times the centred mean of ``k - 1`` values. Near the border the part of a window
-outside the map only ever covers repeats of the border value, so a mean over the values inside
-(``AveragePooling2D`` with ``"same"`` padding does not count the padding) equals the clamped
-resize. The resize is separable: height is repeated and filtered first, then width.
+The layer owns no weights and holds no code in a model file: it is registered with Keras under
+``flexunet>BilinearUpsampling``, and a ``.keras`` archive names it by that; the class is flexunet's
+own, found when this module has been imported (flexunet's Keras loader imports it before loading).
 
-The price is speed: the means cost about ``2k`` additions per output value and axis, where a
-Resize node costs a few. TensorflowUNet3Plus (upsampling by up to 16) at 512x512 runs about 2.5x
-slower this way than with ``UpSampling2D`` (measured on 2 CPU cores: ONNX Runtime 0.9 s vs 0.36 s,
-Keras 1.4 s vs 0.6 s); the 2x upsampling of TensorflowAttentionUNet costs little. Once Keras traces
-``UpSampling2D`` for dynamic sizes again, it can replace this function: the weights do not change.
+Speed: an earlier version built the same values from a chain of stock layers (nearest-neighbour
+repeats and ``AveragePooling2D`` means: about ``2k`` additions per output value and axis, plus the
+Transpose/Tile nodes of its ONNX graph), which made the ONNX export slower than Keras. Measured at
+512x512, batch 1, 2 CPU cores under a load average of ~4, both versions with the same weights and
+timed in turn (median of 3), chain -> this layer: TensorflowUNet3Plus ONNX Runtime FP32 2324 -> 1051
+ms, Keras 1147 -> 801 ms; TensorflowU2Net ONNX 635 -> 434 ms, Keras 421 -> 294 ms;
+TensorflowAttentionUNet ONNX 435 -> 340 ms, Keras 293 -> 252 ms. In UNet3Plus's ONNX model the
+Resize nodes now take about a sixth of the time, the convolutions the rest
+(benchmarks/results/arch_latency.md). Models saved with that chain still load: it holds only
+stock layers, and it computes the same values.
 """
 from __future__ import annotations
 
 import keras
 
-__all__ = ["upsample_bilinear"]
+__all__ = ["BilinearUpsampling", "upsample_bilinear"]
 
 
-def _axis_filter(y, factor, window, name):
-    """One axis' ``[1/2, 1, ..., 1, 1/2] / factor`` filter of the repeated map ``y``; ``window``
-    turns a length into that axis' pool size."""
-    wide = keras.layers.AveragePooling2D(window(factor + 1), strides=1, padding="same",
-                                         name=f"{name}_mean{factor + 1}")(y)
-    wide = keras.layers.Rescaling((factor + 1) / (2 * factor), name=f"{name}_scale{factor + 1}")(wide)
-    narrow = y
-    if factor > 2:  # a mean of one value is the value itself
-        narrow = keras.layers.AveragePooling2D(window(factor - 1), strides=1, padding="same",
-                                               name=f"{name}_mean{factor - 1}")(y)
-    narrow = keras.layers.Rescaling((factor - 1) / (2 * factor), name=f"{name}_scale{factor - 1}")(narrow)
-    return keras.layers.Add(name=f"{name}_sum")([wide, narrow])
+@keras.saving.register_keras_serializable(package="flexunet")
+class BilinearUpsampling(keras.layers.Layer):
+    """``UpSampling2D(factor, interpolation="bilinear")`` on NHWC maps of any (also unknown) size."""
+
+    def __init__(self, factor: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        if int(factor) != factor or factor < 2:
+            raise ValueError(f"bilinear upsampling needs an integer factor >= 2; got {factor!r}")
+        self.factor = int(factor)
+
+    def call(self, x):
+        import tensorflow as tf
+
+        shape = tf.shape(x)
+        size = tf.stack([shape[1] * self.factor, shape[2] * self.factor])
+        y = tf.image.resize(x, size, method="bilinear")
+        return tf.cast(y, x.dtype)  # resize returns float32 for other float types
+
+    def compute_output_shape(self, input_shape):
+        n, h, w, c = input_shape
+        return (n, None if h is None else h * self.factor, None if w is None else w * self.factor, c)
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor}
 
 
 def upsample_bilinear(x, factor: int, name: str):
     """``x`` (NHWC) upsampled ``factor`` times (an integer >= 2) in height and width as
-    ``UpSampling2D(factor, interpolation="bilinear")`` does; the layers are named ``name_*``."""
-    if int(factor) != factor or factor < 2:
-        raise ValueError(f"bilinear upsampling needs an integer factor >= 2; got {factor!r}")
-    factor = int(factor)
-    # Height first, on a map only `factor` times larger; then width on the full-size map.
-    y = keras.layers.UpSampling2D((factor, 1), interpolation="nearest", name=f"{name}_repeat_h")(x)
-    y = _axis_filter(y, factor, lambda n: (n, 1), f"{name}_h")
-    y = keras.layers.UpSampling2D((1, factor), interpolation="nearest", name=f"{name}_repeat_w")(y)
-    return _axis_filter(y, factor, lambda n: (1, n), f"{name}_w")
+    ``UpSampling2D(factor, interpolation="bilinear")`` does, by one layer named ``name``."""
+    return BilinearUpsampling(factor, name=name)(x)
