@@ -20,8 +20,8 @@ weightless ``Rescaling(1/255)`` comes first.
 
 The seed's ``g + s`` and ``* s`` are tensor operators; here they are ``Add`` and ``Multiply``
 layers, which occupy the same place in the graph, and its bilinear ``UpSampling2D`` is
-:func:`~flexunet.architectures.bilinear.upsample_bilinear` (the same values from weightless layers
-that also trace for a dynamic input size), so ``model.layers`` lists the weight-owning layers in
+:func:`~flexunet.architectures.bilinear.upsample_bilinear` (the same values from one weightless layer
+that also traces for a dynamic input size), so ``model.layers`` lists the weight-owning layers in
 the seed's order (within a gate the skip's 1x1 conv comes before the upsampled tensor's: its
 branch is one layer longer when it has a Dropout).
 

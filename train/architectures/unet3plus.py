@@ -30,7 +30,7 @@ registry builds it without ``input_normalize``); with ``input_normalize`` a weig
 ``Rescaling(1/255)`` comes first. The seed's relu is a tensor
 operation; here it is an ``Activation`` layer at the same place in the graph, and its bilinear
 ``UpSampling2D`` is :func:`~flexunet.architectures.bilinear.upsample_bilinear` (the same values
-from weightless layers that also trace for a dynamic input size); ``model.layers`` lists the
+from one weightless layer that also traces for a dynamic input size); ``model.layers`` lists the
 weight-owning layers in the seed's order.
 """
 from __future__ import annotations
