@@ -16,9 +16,9 @@ from click.testing import CliRunner
 from flexunet.core.config import load_config
 from flexunet.core.errors import ConfigError
 from flexunet.core.imageio import read_mask
+from seed_facts import SEED_MODELS, seed_layers
 from tiny_configs import splits
 
-SEED_MODELS = Path(__file__).resolve().parent / "seed_models"
 ARCHS = ["TensorflowAttentionUNet", "TensorflowUNet3Plus"]
 
 # The [model] lines of the seed API's projects/<arch>/Acute-Lymphoblastic-Leukemia/train_eval_infer.config
@@ -53,13 +53,7 @@ def _build(cfg, *size):
 
 def _seed_layers(name: str) -> list[tuple[str, list[tuple[int, ...]]]]:
     """(class, weight shapes) of each weight-owning layer listed in a seed layers.txt file."""
-    rows = []
-    for line in (SEED_MODELS / name).read_text().splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        _, _, cls, _, shapes = line.split("\t")
-        rows.append((cls, [tuple(int(n) for n in s.split("=")[1].split("x")) for s in shapes.split("; ")]))
-    return rows
+    return [(cls, shapes) for cls, _, shapes in seed_layers(name)]
 
 
 @pytest.mark.parametrize("arch", ARCHS)

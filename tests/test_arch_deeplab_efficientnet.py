@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -19,9 +18,9 @@ import pytest
 
 from flexunet.core.config import load_config
 from flexunet.core.errors import ConfigError
+from seed_facts import seed_layers
 from tiny_configs import splits
 
-SEED_MODELS = Path(__file__).resolve().parent / "seed_models"
 
 # The [model] section of the seed API's projects/<arch>/Acute-Lymphoblastic-Leukemia/train_eval_infer.config
 ALL_MODEL = """[model]
@@ -94,14 +93,7 @@ def _weighted(model):
 
 def _seed_facts(arch):
     """The same list from the seed's layer facts file (tests/seed_models/<arch>.keras3.layers.txt)."""
-    rows = []
-    for line in (SEED_MODELS / f"{arch}.keras3.layers.txt").read_text().splitlines():
-        if re.match(r"^\d+\t", line):
-            _, _, cls, trainable, shapes = line.split("\t")
-            dims = [s.split("=")[1] for s in shapes.split("; ")]
-            rows.append((cls, trainable == "True", [tuple(int(d) for d in s.split("x")) if s else ()
-                                                    for s in dims]))
-    return rows
+    return seed_layers(f"{arch}.keras3.layers.txt")
 
 
 def _trainable_count(model):

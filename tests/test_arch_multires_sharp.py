@@ -21,10 +21,10 @@ from flexunet import architectures
 from flexunet.cli import cli
 from flexunet.core.config import load_config
 from flexunet.core.errors import ConfigError
+from seed_facts import SEED_MODELS as SEED, seed_layers
 
 keras = pytest.importorskip("keras")
 
-SEED = Path(__file__).resolve().parent / "seed_models"
 ARCHS = ("TensorflowMultiResUNet", "TensorflowSharpUNet")
 
 # The [model] lines of the seed API's projects/<arch>/Acute-Lymphoblastic-Leukemia/train_eval_infer.config
@@ -48,18 +48,8 @@ def _config(tmp_path: Path, model: str, lines: str, size: int = 64, classes: int
     return load_config(path)
 
 
-def _seed_layers(path: Path):
-    """(class, trainable, weight shapes) of each weight-owning layer listed in a layers.txt file."""
-    rows = []
-    for line in path.read_text().splitlines():
-        if line and not line.startswith("#"):
-            _, _, cls, trainable, shapes = line.split("\t")
-            rows.append((cls, trainable == "True", [s.split("=")[1] for s in shapes.split("; ")]))
-    return rows
-
-
 def _our_layers(model):
-    return [(type(layer).__name__, layer.trainable, ["x".join(map(str, w.shape)) for w in layer.weights])
+    return [(type(layer).__name__, layer.trainable, [tuple(w.shape) for w in layer.weights])
             for layer in model.layers if layer.weights]
 
 
@@ -75,7 +65,7 @@ def test_weighted_layers_follow_the_seed_order_and_shapes(arch):
     model = architectures.build(load_config(SEED / f"{arch}.config"))
     ours = _our_layers(model)
     for keras_kind in ("keras3", "tfkeras2"):
-        assert ours == _seed_layers(SEED / f"{arch}.{keras_kind}.layers.txt"), keras_kind
+        assert ours == seed_layers(f"{arch}.{keras_kind}.layers.txt"), keras_kind
     total, non_trainable = _seed_params(arch)
     assert model.count_params() == total
     assert sum(int(np.prod(w.shape)) for w in model.non_trainable_weights) == non_trainable

@@ -15,11 +15,11 @@ from click.testing import CliRunner
 
 from flexunet.core.config import load_config
 from flexunet.core.errors import EXIT_USAGE, ConfigError, ModelError
+from seed_facts import SEED_MODELS, seed_layers
 
 pytest.importorskip("h5py")
 keras = pytest.importorskip("keras")
 
-SEED_MODELS = Path(__file__).resolve().parent / "seed_models"
 ARCHS = ["TensorflowU2Net", "TensorFlowFlexU2Net"]
 
 # The [model] lines of the seed API's projects/TensorflowU2Net/Acute-Lymphoblastic-Leukemia/
@@ -74,13 +74,7 @@ def seed_built():
 
 def _seed_layers(name: str) -> list[tuple[str, list[tuple[int, ...]]]]:
     """(class, weight shapes) of each weight-owning layer listed in a seed layers.txt file."""
-    rows = []
-    for line in (SEED_MODELS / name).read_text().splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        _, _, cls, _, shapes = line.split("\t")
-        rows.append((cls, [tuple(int(n) for n in s.split("=")[1].split("x")) for s in shapes.split("; ")]))
-    return rows
+    return [(cls, shapes) for cls, _, shapes in seed_layers(name)]
 
 
 def test_all_config_parameter_count_matches_the_seed(tmp_path):
